@@ -1,0 +1,3 @@
+from infoutil.cli import main
+
+main()

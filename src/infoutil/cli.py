@@ -1,0 +1,137 @@
+"""The ``infoutil`` command line. Each command is a thin layer over a library function.
+
+A user's mistake (a bad path, value or file) ends in one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from infoutil.errors import UserError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Dataset distillation by informativeness and utility (InfoUtil), with baselines, "
+    "evaluation and reports.",
+)
+teacher_app = typer.Typer(no_args_is_help=True, help="Train, check and import teachers.")
+app.add_typer(teacher_app, name="teacher")
+
+DataRoot = typer.Option(None, "--data-root", help="Folder holding the datasets "
+                        "(default: $INFOUTIL_DATA).")
+CacheDir = typer.Option(None, "--cache-dir", help="Cache for decoded archives "
+                        "(default: $INFOUTIL_CACHE or ~/.cache/infoutil).")
+Threads = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's).")
+ConfigFile = typer.Option(None, "--config", "-c", help="YAML file of options; flags override it.")
+
+
+def _setup(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise UserError(f"--threads must be at least 1, not {threads}")
+        torch.set_num_threads(threads)
+
+
+@teacher_app.command("train")
+def teacher_train(
+    dataset: str = typer.Option(..., "--dataset", help="cifar10, cifar100, fashion-mnist or "
+                                "imagefolder:PATH"),
+    arch: str = typer.Option("convnet3", "--arch"),
+    epochs: int = typer.Option(10, "--epochs"),
+    out: Path = typer.Option(..., "--out", help="Checkpoint directory (one file per epoch)."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    train_per_class: Optional[int] = typer.Option(
+        None, "--train-per-class", help="Train on a seeded subset of this many images per class."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    stop_after: Optional[int] = typer.Option(
+        None, "--stop-after", help="Stop after this many epochs of this invocation."),
+    config: Optional[Path] = ConfigFile,
+    data_root: Optional[str] = DataRoot,
+    cache_dir: Optional[str] = CacheDir,
+    threads: Optional[int] = Threads,
+) -> None:
+    """Train a teacher; save a checkpoint after every epoch."""
+    from infoutil.config import TeacherConfig, build_config, merge, read_yaml
+    from infoutil.training.teacher import train_teacher
+
+    _setup(threads)
+    values = merge(read_yaml(config) if config else {}, {
+        "dataset": dataset, "arch": arch, "epochs": epochs, "seed": seed,
+        "batch_size": batch_size, "lr": lr, "train_per_class": train_per_class,
+    })
+    cfg = build_config(TeacherConfig, values, str(config or "options"))
+    meta = train_teacher(cfg, out, data_root=data_root, cache_dir=cache_dir, resume=resume,
+                         stop_after=stop_after)
+    typer.echo(f"teacher {cfg.arch} on {cfg.dataset}: epoch {meta['epoch']}, test accuracy "
+               f"{meta['test_accuracy']:.4f} -> {out}")
+
+
+@teacher_app.command("eval")
+def teacher_eval(
+    teacher: str = typer.Argument(..., help="Checkpoint: DIR, DIR@EPOCH or FILE.safetensors."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Default: the teacher's own."),
+    data_root: Optional[str] = DataRoot,
+    cache_dir: Optional[str] = CacheDir,
+    threads: Optional[int] = Threads,
+) -> None:
+    """Measure a teacher's top-1 accuracy on the real test set."""
+    from infoutil.data import load_dataset
+    from infoutil.evaluation.metrics import accuracy
+    from infoutil.io.checkpoint import load_teacher
+
+    _setup(threads)
+    t = load_teacher(teacher)
+    test = load_dataset(dataset or t.info.name, "test", data_root, cache_dir=cache_dir)
+    t = load_teacher(teacher, expect=test.info)
+    acc = accuracy(t.model, test)
+    typer.echo(f"{t.path}: {t.arch} epoch {t.epoch}, test accuracy {acc:.4f} "
+               f"(recorded {t.meta.get('test_accuracy')})")
+
+
+@teacher_app.command("import")
+def teacher_import(
+    checkpoint: Path = typer.Argument(..., help="A .pt/.pth state dict."),
+    arch: str = typer.Option(..., "--arch"),
+    dataset: str = typer.Option(..., "--dataset"),
+    out: Path = typer.Option(..., "--out"),
+    data_root: Optional[str] = DataRoot,
+    cache_dir: Optional[str] = CacheDir,
+) -> None:
+    """Convert a PyTorch state dict into an infoutil teacher (loaded with weights_only=True)."""
+    from infoutil.data import load_dataset
+    from infoutil.evaluation.metrics import accuracy
+    from infoutil.io.checkpoint import import_torch_checkpoint, save_teacher_epoch
+
+    test = load_dataset(dataset, "test", data_root, cache_dir=cache_dir)
+    model = import_torch_checkpoint(checkpoint, arch, test.info)
+    acc = accuracy(model, test)
+    save_teacher_epoch(out, model, {"arch": arch, "dataset": test.info.to_dict(), "epoch": 1,
+                                    "epochs": 1, "seed": None, "test_accuracy": round(acc, 6),
+                                    "imported_from": str(checkpoint)})
+    typer.echo(f"imported {checkpoint} as {arch}: test accuracy {acc:.4f} -> {out}")
+
+
+def main() -> None:
+    """Entry point: run the app; a user's mistake becomes one line and exit status 2."""
+    try:
+        app()
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Datasets as explicit data: uint8 images, integer labels, and a record of what they are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from infoutil.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset, recorded in every checkpoint and manifest."""
+
+    name: str
+    class_names: tuple[str, ...]
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def low_resolution(self) -> bool:
+        """The paper's split: CIFAR and Tiny-ImageNet (<= 64 px) are low resolution."""
+        return self.image_size <= 64
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["class_names"] = list(self.class_names)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetInfo:
+        return cls(
+            name=d["name"],
+            class_names=tuple(d["class_names"]),
+            image_size=int(d["image_size"]),
+            channels=int(d["channels"]),
+            mean=tuple(float(x) for x in d["mean"]),
+            std=tuple(float(x) for x in d["std"]),
+        )
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A split of a labelled image dataset.
+
+    Items are ``(uint8 tensor [C, H, W], label)``. ``targets`` holds every label, ``ids`` a
+    stable source id per image (an archive member, a file path or ``split:index``) for provenance.
+    """
+
+    info: DatasetInfo
+    split: str
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.targets.numel())
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.get_batch([index])[0], int(self.targets[index])
+
+    def get_batch(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def source_id(self, index: int) -> str:
+        raise NotImplementedError
+
+    def class_indices(self, label: int) -> torch.Tensor:
+        return torch.nonzero(self.targets == label).flatten()
+
+    def iter_batches(
+        self, indices: torch.Tensor, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(uint8 images, labels)`` for ``indices`` in order, ``batch_size`` at a time."""
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            yield self.get_batch(chunk), self.targets[chunk]
+
+
+class TensorImageDataset(ImageDataset):
+    """A dataset held in memory as one uint8 tensor (CIFAR, Fashion-MNIST)."""
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        split: str,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        ids: Sequence[str] | None = None,
+    ):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError("images must be a uint8 tensor [N, C, H, W]")
+        self.info = info
+        self.split = split
+        self.images = images
+        self.targets = targets.to(torch.int64)
+        self._ids = list(ids) if ids is not None else None
+
+    def get_batch(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        return self.images[torch.as_tensor(indices, dtype=torch.int64)]
+
+    def source_id(self, index: int) -> str:
+        return self._ids[index] if self._ids is not None else f"{self.split}:{index}"
+
+
+class FolderImageDataset(ImageDataset):
+    """Images decoded from files when asked for (ImageNet-scale folders never fit in memory).
+
+    Each image is resized on its shorter side to ``info.image_size`` and centre-cropped.
+    """
+
+    def __init__(self, info: DatasetInfo, split: str, root: Path, samples: list[tuple[str, int]]):
+        self.info = info
+        self.split = split
+        self.root = root
+        self.samples = samples
+        self.targets = torch.tensor([label for _, label in samples], dtype=torch.int64)
+
+    def get_batch(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        idx = torch.as_tensor(indices, dtype=torch.int64).tolist()
+        size = self.info.image_size
+        out = torch.empty((len(idx), self.info.channels, size, size), dtype=torch.uint8)
+        for row, i in enumerate(idx):
+            out[row] = decode_image(self.root / self.samples[i][0], self.info.channels, size)
+        return out
+
+    def source_id(self, index: int) -> str:
+        return self.samples[index][0]
+
+
+def pil_to_tensor(img: Image.Image, channels: int, size: int | None) -> torch.Tensor:
+    img = img.convert("L" if channels == 1 else "RGB")
+    if size is not None and img.size != (size, size):
+        w, h = img.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.BILINEAR)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_image(source, channels: int, size: int | None, name: str | None = None) -> torch.Tensor:
+    """Decode one image file (a path or a file object) to uint8 [C, H, W].
+
+    A truncated or unreadable file raises :class:`UserError` naming it.
+    """
+    label = name or str(source)
+    try:
+        with Image.open(source) as img:
+            img.load()
+            return pil_to_tensor(img, channels, size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(
+            f"{label}: cannot decode this image ({err}); replace or remove the file"
+        ) from err
+
+
+def subset(dataset: ImageDataset, indices: torch.Tensor) -> ImageDataset:
+    """A new dataset holding only ``indices`` (in memory for tensor datasets)."""
+    indices = torch.as_tensor(indices, dtype=torch.int64)
+    if isinstance(dataset, TensorImageDataset):
+        ids = [dataset.source_id(int(i)) for i in indices]
+        return TensorImageDataset(
+            dataset.info, dataset.split, dataset.images[indices], dataset.targets[indices], ids
+        )
+    if isinstance(dataset, FolderImageDataset):
+        samples = [dataset.samples[int(i)] for i in indices]
+        return FolderImageDataset(dataset.info, dataset.split, dataset.root, samples)
+    raise TypeError(f"cannot subset {type(dataset).__name__}")
+
+
+def per_class_sample(
+    targets: torch.Tensor, num_classes: int, per_class: int, seed: int
+) -> torch.Tensor:
+    """Draw up to ``per_class`` indices of each class with the seed, sorted within each class.
+
+    Class c's draw uses its own generator, so it does not depend on the other classes.
+    """
+    chosen = []
+    for c in range(num_classes):
+        idx = torch.nonzero(targets == c).flatten()
+        g = torch.Generator().manual_seed(seed * 1_000_003 + c)
+        perm = torch.randperm(len(idx), generator=g)[:per_class]
+        chosen.append(idx[perm].sort().values)
+    return torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.int64)

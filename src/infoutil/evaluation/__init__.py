@@ -1,0 +1,1 @@
+"""Evaluation: students trained on distilled sets under a named protocol."""

@@ -1,0 +1,192 @@
+"""Teacher checkpoints: safetensors weights plus JSON metadata, one pair per epoch.
+
+``DIR/epoch_0003.safetensors`` holds the weights (its header carries the metadata too) and
+``DIR/epoch_0003.json`` the metadata: arch, dataset, class names, normalisation, epoch, seed,
+test accuracy and the sha256 of the weights. The JSON is written last, so an epoch counts
+only once both files are complete. Nothing here unpickles anything: loading a teacher never
+runs code from a file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from infoutil.data.base import DatasetInfo
+from infoutil.errors import UserError
+from infoutil.io.atomic import atomic_save_tensors, atomic_write_json, tensors_sha256
+from infoutil.models import Classifier, create_model
+
+TEACHER_FORMAT = "infoutil-teacher/1"
+_EPOCH_RE = re.compile(r"^epoch_(\d{4,})\.json$")
+
+
+@dataclass
+class Teacher:
+    model: Classifier
+    info: DatasetInfo
+    meta: dict
+    path: Path
+
+    @property
+    def arch(self) -> str:
+        return self.meta["arch"]
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.meta["weights_sha256"]
+
+    @property
+    def epoch(self) -> int:
+        return int(self.meta["epoch"])
+
+    def describe(self) -> dict:
+        """What a manifest or a results file records about the teacher."""
+        return {
+            "path": str(self.path),
+            "arch": self.arch,
+            "epoch": self.epoch,
+            "test_accuracy": self.meta.get("test_accuracy"),
+            "weights_sha256": self.weights_sha256,
+        }
+
+
+def epoch_paths(out_dir: Path, epoch: int) -> tuple[Path, Path]:
+    stem = out_dir / f"epoch_{epoch:04d}"
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def completed_epochs(out_dir: Path) -> list[int]:
+    if not out_dir.is_dir():
+        return []
+    found = []
+    for p in out_dir.iterdir():
+        m = _EPOCH_RE.match(p.name)
+        if m and epoch_paths(out_dir, int(m.group(1)))[0].is_file():
+            found.append(int(m.group(1)))
+    return sorted(found)
+
+
+def save_teacher_epoch(out_dir: Path, model: Classifier, meta: dict) -> dict:
+    """Write one epoch's weights, then its JSON; returns the metadata with the weights hash."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = dict(meta, format=TEACHER_FORMAT, weights_sha256=tensors_sha256(state))
+    weights, meta_path = epoch_paths(out_dir, int(meta["epoch"]))
+    atomic_save_tensors(weights, state, {"infoutil": json.dumps(meta, sort_keys=True)})
+    atomic_write_json(meta_path, meta)
+    return meta
+
+
+def _resolve(spec: str) -> tuple[Path, Path]:
+    """A teacher spec -> (weights file, metadata file).
+
+    ``DIR`` (the last epoch), ``DIR@N`` (epoch N) or a ``.safetensors`` file.
+    """
+    path_str, _, epoch_str = spec.partition("@")
+    path = Path(path_str).expanduser()
+    if path.suffix in (".pt", ".pth", ".pkl", ".bin"):
+        raise UserError(
+            f"{path}: a pickled checkpoint; import it first with "
+            f"'infoutil teacher import {path} --arch ARCH --dataset NAME --out DIR'"
+        )
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise UserError(f"{path}: not a teacher checkpoint (expected a .safetensors file)")
+        return path, path.with_suffix(".json")
+    if not path.is_dir():
+        raise UserError(f"teacher {path} does not exist (expected a checkpoint directory)")
+    epochs = completed_epochs(path)
+    if not epochs:
+        raise UserError(f"{path}: no finished epoch checkpoints (epoch_NNNN.json) in this folder")
+    if epoch_str:
+        if not epoch_str.isdigit() or int(epoch_str) not in epochs:
+            raise UserError(f"{path}: no checkpoint for epoch {epoch_str!r}; it has {epochs}")
+        epoch = int(epoch_str)
+    else:
+        epoch = epochs[-1]
+    return epoch_paths(path, epoch)
+
+
+def load_teacher(spec: str | Path, expect: DatasetInfo | None = None) -> Teacher:
+    """Load a teacher checkpoint and check it against the dataset it will be used with."""
+    weights, meta_path = _resolve(str(spec))
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{weights}: unreadable safetensors file ({err})") from err
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{meta_path}: missing or corrupt teacher metadata ({err})") from err
+    if meta.get("format") != TEACHER_FORMAT:
+        raise UserError(f"{meta_path}: not an infoutil teacher (format {meta.get('format')!r})")
+    if tensors_sha256(state) != meta.get("weights_sha256"):
+        raise UserError(f"{weights}: weights do not match the hash in {meta_path.name}; "
+                        "the file is corrupt or was changed")
+    info = DatasetInfo.from_dict(meta["dataset"])
+    if expect is not None:
+        check_teacher_fits(info, expect, str(weights))
+    model = create_model(meta["arch"], info)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"{weights}: weights do not fit arch {meta['arch']!r}") from err
+    model.eval()
+    return Teacher(model, info, meta, weights)
+
+
+def check_teacher_fits(have: DatasetInfo, want: DatasetInfo, where: str) -> None:
+    if have.num_classes != want.num_classes:
+        raise UserError(f"{where}: teacher has {have.num_classes} classes but dataset "
+                        f"{want.name} has {want.num_classes}; use a teacher trained on it")
+    if have.channels != want.channels or have.image_size != want.image_size:
+        raise UserError(
+            f"{where}: teacher expects {have.channels}x{have.image_size}x{have.image_size} "
+            f"inputs but dataset {want.name} gives {want.channels}x{want.image_size}x"
+            f"{want.image_size}; use a teacher trained on it"
+        )
+    if tuple(have.class_names) != tuple(want.class_names):
+        raise UserError(f"{where}: teacher's class order {list(have.class_names)[:4]}... differs "
+                        f"from dataset {want.name}'s {list(want.class_names)[:4]}...")
+
+
+def import_torch_checkpoint(path: Path, arch: str, info: DatasetInfo) -> Classifier:
+    """Read a user's ``.pt``/``.pth`` state dict safely (``weights_only=True``: no code runs).
+
+    Accepts a bare state dict or one under ``"model"``/``"state_dict"``, with or without a
+    ``module.`` prefix, keyed either like our :class:`Classifier` or like its inner network.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: no such file") from err
+    except Exception as err:  # torch raises UnpicklingError and friends for unsafe content
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"{path}: refused to load (only plain tensors are accepted, no pickled code): {first}"
+        ) from err
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: expected a state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    model = create_model(arch, info)
+    if not any(k.startswith("net.") for k in state):
+        state = {f"net.{k}": v for k, v in state.items()}
+        state.setdefault("mean", model.mean)
+        state.setdefault("std", model.std)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        msg = str(err).splitlines()[0]
+        raise UserError(f"{path}: does not fit arch {arch!r} for {info.name}: {msg}") from err
+    return model.eval()

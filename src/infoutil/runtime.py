@@ -1,0 +1,67 @@
+"""Seeds, progress bars and stage timers shared by every stage."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (the same on every machine, rank and run)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def generator(*parts: object) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def progress(iterable=None, *, desc: str, total: int | None = None, unit: str = "it",
+             enabled: bool = True, **kw):
+    """A tqdm bar, silent on ranks other than 0 and when ``enabled`` is false."""
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False,
+                disable=not (enabled and is_main_process()), dynamic_ncols=True, **kw)
+
+
+class StageTimer:
+    """Wall time and teacher forward passes per stage, for the end-of-run summary."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.forwards: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def count(self, name: str, forwards: int) -> None:
+        self.forwards[name] = self.forwards.get(name, 0) + int(forwards)
+
+    def summary(self, images: int | None = None) -> str:
+        parts = [f"{k} {v:.1f}s" for k, v in self.seconds.items()]
+        total_fw = sum(self.forwards.values())
+        total_s = sum(self.seconds.values())
+        line = " | ".join(parts) + f" | teacher forwards {total_fw:,}"
+        if total_s > 0:
+            line += f" ({total_fw / total_s:,.0f}/s)"
+        if images:
+            line += f" | {images / max(total_s, 1e-9):.1f} candidate images/s"
+        return line
+
+    def to_dict(self) -> dict:
+        return {"seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                "teacher_forwards": dict(self.forwards)}

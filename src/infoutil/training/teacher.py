@@ -1,0 +1,196 @@
+"""Teacher training: one checkpoint per epoch, resumable after a kill, reproducible from a seed.
+
+Every random draw of epoch ``e`` comes from a generator seeded by ``(seed, e)``, and the
+optimizer state is saved with each epoch, so a run resumed from epoch ``e`` computes exactly
+what an uninterrupted run computes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from infoutil.config import TeacherConfig
+from infoutil.data import load_dataset, per_class_sample, subset
+from infoutil.data.augment import random_crop_flip, to_float
+from infoutil.errors import UserError
+from infoutil.io.atomic import atomic_save_tensors, atomic_write_json, dumps_json
+from infoutil.io.checkpoint import completed_epochs, epoch_paths, save_teacher_epoch
+from infoutil.io.lock import output_lock
+from infoutil.models import Classifier, create_model
+from infoutil import distributed as dist_util
+from infoutil.runtime import generator, is_main_process, progress
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only, not on norms or biases (RDED's ``get_parameters``)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def cosine_lr(base: float, step: int, total: int, floor: float = 0.0) -> float:
+    """Cosine from ``base`` down to ``floor * base`` over ``total`` steps."""
+    t = min(step / max(total, 1), 1.0)
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _state_path(out_dir: Path, epoch: int) -> Path:
+    return out_dir / f"optimizer_{epoch:04d}.safetensors"
+
+
+def _save_optimizer(out_dir: Path, epoch: int, model, opt) -> None:
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"momentum.{names[id(p)]}"] = buf
+    atomic_save_tensors(_state_path(out_dir, epoch), tensors)
+    old = _state_path(out_dir, epoch - 1)
+    old.unlink(missing_ok=True)
+
+
+def _load_optimizer(out_dir: Path, epoch: int, model, opt) -> None:
+    from safetensors.torch import load_file
+
+    path = _state_path(out_dir, epoch)
+    if not path.is_file():
+        raise UserError(f"{path}: optimizer state for epoch {epoch} is missing; cannot resume "
+                        "exactly (start again with another --out)")
+    tensors = load_file(str(path))
+    for name, p in model.named_parameters():
+        key = f"momentum.{name}"
+        if key in tensors:
+            opt.state[p]["momentum_buffer"] = tensors[key].clone()
+
+
+def train_teacher(
+    cfg: TeacherConfig,
+    out_dir: str | Path,
+    *,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    resume: bool = False,
+    progress_bar: bool = True,
+    stop_after: int | None = None,
+) -> dict:
+    """Train ``cfg.arch`` on ``cfg.dataset``; returns the last epoch's metadata.
+
+    ``stop_after`` ends the run after that many epochs of this invocation (the schedule still
+    spans ``cfg.epochs``), so a run can be continued later with ``resume``.
+    """
+    out_dir = Path(out_dir)
+    train = load_dataset(cfg.dataset, "train", data_root, cache_dir=cache_dir)
+    test = load_dataset(cfg.dataset, "test", data_root, cache_dir=cache_dir)
+    if cfg.train_per_class is not None:
+        train = subset(train, per_class_sample(train.targets, train.info.num_classes,
+                                               cfg.train_per_class, cfg.seed))
+    info = train.info
+    ctx = dist_util.context()
+    lock = output_lock(out_dir) if ctx.is_main else _null()
+    with lock:
+        done = completed_epochs(out_dir)
+        config_path = out_dir / "config.json"
+        if done and not resume:
+            raise UserError(f"{out_dir}: already holds teacher checkpoints (epochs {done[0]}.."
+                            f"{done[-1]}); pass --resume to continue, or choose another --out")
+        if resume and config_path.is_file():
+            saved = json.loads(config_path.read_text())
+            if saved != cfg.model_dump():
+                raise UserError(f"{out_dir}: --resume with a different config than the run "
+                                "that wrote it; use the same options or another --out")
+        if ctx.is_main:
+            atomic_write_json(config_path, cfg.model_dump())
+
+        torch.manual_seed(cfg.seed)
+        model: Classifier = create_model(cfg.arch, info)
+        opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                              momentum=cfg.momentum)
+        start = 0
+        if resume and done:
+            from infoutil.io.checkpoint import load_teacher
+
+            start = done[-1]
+            model.load_state_dict(load_teacher(out_dir / f"epoch_{start:04d}.safetensors")
+                                  .model.state_dict())
+            _load_optimizer(out_dir, start, model, opt)
+        if start >= cfg.epochs:
+            return json.loads(epoch_paths(out_dir, start)[1].read_text())
+        ddp_model = ctx.wrap(model)
+
+        n = len(train)
+        steps_per_epoch = math.ceil(n / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        meta: dict = {}
+        last = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
+        for epoch in range(start, last):
+            t0 = time.perf_counter()
+            model.train()
+            g = generator("teacher", cfg.seed, epoch)
+            order = torch.randperm(n, generator=g)
+            bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           unit="batch", enabled=progress_bar)
+            loss_sum = 0.0
+            for step in bar:
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                x = to_float(train.get_batch(idx))
+                y = train.targets[idx]
+                if cfg.augment:
+                    x = random_crop_flip(x, pad=max(1, info.image_size // 8), g=g)
+                x, y = ctx.shard_batch(x, y)
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(cfg.lr, epoch * steps_per_epoch + step, total_steps)
+                loss = F.cross_entropy(ddp_model(x), y, reduction="sum") * ctx.world_size / len(idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss) / ctx.world_size
+                bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}")
+            bar.close()
+            train_seconds = time.perf_counter() - t0
+            acc = ctx.sharded_accuracy(model, test)
+            meta = {
+                "arch": cfg.arch,
+                "dataset": info.to_dict(),
+                "epoch": epoch + 1,
+                "epochs": cfg.epochs,
+                "seed": cfg.seed,
+                "test_accuracy": round(acc, 6),
+                "train_images": n,
+                "config": cfg.model_dump(),
+            }
+            if ctx.is_main:
+                meta = save_teacher_epoch(out_dir, model, meta)
+                _save_optimizer(out_dir, epoch + 1, model, opt)
+                seconds = time.perf_counter() - t0
+                rate = n / train_seconds
+                with open(out_dir / "train_log.jsonl", "ab") as f:
+                    f.write(dumps_json({"epoch": epoch + 1, "test_accuracy": acc,
+                                        "seconds": round(seconds, 2),
+                                        "train_seconds": round(train_seconds, 2),
+                                        "train_images_per_second": round(rate, 1),
+                                        "loss": loss_sum / steps_per_epoch}).replace(b"\n", b"")
+                            + b"\n")
+                if is_main_process() and progress_bar:
+                    print(f"epoch {epoch + 1}/{cfg.epochs}: test accuracy {acc:.4f}, "
+                          f"{seconds:.0f}s (training {rate:.0f} images/s)", flush=True)
+            ctx.barrier()
+        return meta
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
