@@ -1,0 +1,1 @@
+"""Shapley values: estimators and the image-patch game."""

@@ -1,0 +1,174 @@
+"""The image-patch game: players are the cells of a ``grid x grid`` partition of an image.
+
+``v(S)`` is the teacher's score for the true class when the patches in ``S`` are kept and the
+others are replaced by a baseline image. Masked images are built in bulk (one nearest-upsampled
+mask per coalition) and go through the teacher in large batches under ``inference_mode``.
+
+Baselines (what "absent" means):
+
+``zero`` (default, the paper's)
+    Zero *at the network input*: the paper masks ``x * s`` on the normalised input, as Captum
+    does with its default baseline 0. In pixel space this is the dataset's mean colour.
+``black``
+    Pixel value 0.
+``mean``
+    The image's own per-channel mean.
+``blur``
+    A Gaussian blur of the image (sigma = half a patch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from infoutil.attribution.shapley import Design, check_budget, make_design
+from infoutil.runtime import progress
+
+BASELINES = ("zero", "black", "mean", "blur")
+TARGETS = ("prob", "logit")
+
+
+def patch_bounds(size: int, grid: int) -> list[int]:
+    """Pixel boundaries of ``grid`` near-equal cells along one side."""
+    return [round(i * size / grid) for i in range(grid + 1)]
+
+
+def patch_index_map(height: int, width: int, grid: int) -> torch.Tensor:
+    """``[H, W]`` long tensor: the player (row-major cell index) that owns each pixel."""
+    ys, xs = patch_bounds(height, grid), patch_bounds(width, grid)
+    row = torch.bucketize(torch.arange(height), torch.tensor(ys[1:-1]), right=True)
+    col = torch.bucketize(torch.arange(width), torch.tensor(xs[1:-1]), right=True)
+    return row[:, None] * grid + col[None, :]
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, int(round(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = images.shape[1]
+    out = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def baseline_images(model: torch.nn.Module, images: torch.Tensor, baseline: str,
+                    grid: int) -> torch.Tensor:
+    """The image each absent patch is replaced with, ``[B, C, H, W]``."""
+    if baseline == "zero":
+        mean = getattr(model, "mean", None)
+        if mean is None:
+            return torch.zeros_like(images)
+        return mean.to(images.dtype).expand_as(images).clone()
+    if baseline == "black":
+        return torch.zeros_like(images)
+    if baseline == "mean":
+        return images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
+    if baseline == "blur":
+        return gaussian_blur(images, sigma=images.shape[-1] / grid / 2)
+    raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+
+
+def _autocast(precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def patch_values(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    coalitions: torch.Tensor,
+    *,
+    grid: int,
+    baseline: str = "zero",
+    target: str = "prob",
+    batch_size: int = 512,
+    precision: str = "fp32",
+    progress_bar: bool = False,
+) -> torch.Tensor:
+    """``v`` of each image's coalitions: ``coalitions`` is bool ``[B, m, n]``; returns ``[B, m]``.
+
+    Rows of all images are flattened and evaluated ``batch_size`` masked images at a time.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    b, m, n = coalitions.shape
+    device = images.device
+    _, c, h, w = images.shape
+    base = baseline_images(model, images, baseline, grid)
+    delta = images - base
+    owner = patch_index_map(h, w, grid).to(device).flatten()  # [H*W]
+    values = torch.empty(b * m, dtype=torch.float32)
+    flat = coalitions.reshape(b * m, n)
+    img_of_row = torch.arange(b).repeat_interleave(m)
+    bar = progress(total=b * m, desc="masked forwards", unit="img", enabled=progress_bar)
+    for start in range(0, b * m, batch_size):
+        rows = slice(start, min(start + batch_size, b * m))
+        idx = img_of_row[rows]
+        keep = flat[rows][:, owner].view(-1, 1, h, w).to(images.dtype)  # [R, 1, H, W]
+        masked = torch.addcmul(base[idx], keep, delta[idx])
+        with _autocast(precision):
+            logits = model(masked).float()
+        y = labels[idx].to(device)
+        if target == "prob":
+            score = torch.softmax(logits, 1).gather(1, y[:, None])[:, 0]
+        else:
+            score = logits.gather(1, y[:, None])[:, 0]
+        values[rows] = score.cpu()
+        bar.update(rows.stop - rows.start)
+    bar.close()
+    return values.view(b, m)
+
+
+def patch_designs(n: int, estimator: str, budget: int | None,
+                  seed: int | torch.Tensor, count: int) -> list[Design]:
+    """One design shared by all images (an int seed) or one per image (a tensor of seeds)."""
+    if isinstance(seed, torch.Tensor):
+        return [make_design(n, estimator, budget, torch.Generator().manual_seed(int(s)))
+                for s in seed.tolist()]
+    shared = make_design(n, estimator, budget, torch.Generator().manual_seed(int(seed)))
+    return [shared] * count
+
+
+def patch_shapley(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    grid: int = 4,
+    baseline: str = "zero",
+    target: str = "prob",
+    estimator: str = "leverage",
+    budget: int | None = None,
+    seed: int | torch.Tensor = 0,
+    *,
+    batch_size: int = 512,
+    precision: str = "fp32",
+    progress_bar: bool = False,
+) -> torch.Tensor:
+    """Shapley values of the ``grid x grid`` patches of each image: ``[B, grid, grid]``.
+
+    ``images`` are floats in [0, 1], ``[B, C, H, W]``; ``labels`` the true classes ``[B]``.
+    ``seed`` is an int (one design for every image: a batch gives the same maps as one image
+    at a time) or a tensor of per-image seeds (what distillation uses: seeds derived from
+    candidate ids, so results do not depend on how candidates are batched or sharded).
+    Each image costs ``budget`` teacher forwards (``2^(grid^2)`` for ``exact``).
+    """
+    n = grid * grid
+    check_budget(n, estimator, budget)
+    designs = patch_designs(n, estimator, budget, seed, len(images))
+    coalitions = torch.stack([d.coalitions for d in designs])  # equal sizes: same estimator
+    values = patch_values(model, images, labels, coalitions, grid=grid, baseline=baseline,
+                          target=target, batch_size=batch_size, precision=precision,
+                          progress_bar=progress_bar).to(torch.float64)
+    if isinstance(seed, torch.Tensor):
+        weights = torch.stack([d.weights for d in designs])  # [B, n, m]
+        phi = torch.einsum("bnm,bm->bn", weights, values)
+    else:
+        phi = values @ designs[0].weights.T
+    return phi.to(torch.float32).view(-1, grid, grid)

@@ -1,0 +1,316 @@
+"""Shapley values of cooperative games, exactly or from a budget of evaluations.
+
+Every estimator here is a *design*: a boolean coalition matrix ``Z`` of shape ``[m, n]`` and a
+matrix ``A`` of shape ``[n, m]`` such that the estimate is ``phi = A @ v(Z)``. The game is
+evaluated once, on all ``m`` coalitions together (``m <= budget``), and the estimator's own
+arithmetic is one matrix product. Estimators:
+
+``exact``
+    All ``2^n`` coalitions with the Shapley weights ``|S|! (n-|S|-1)! / n!``.
+``kernel``
+    KernelSHAP (Lundberg & Lee 2017) with paired sampling (Covert & Lee 2021): sizes drawn with
+    the Shapley-kernel mass ``(n-1) / (s (n-s))``, each subset with its complement, and the
+    efficiency constraint imposed exactly by a projected (constrained) least-squares solve.
+``leverage``
+    Leverage SHAP (Musco & Witter 2025): coalition sizes uniform (the leverage scores),
+    drawn without replacement, paired, with the border sizes enumerated whole when the budget
+    covers them, and the same projected solve. Each size's sample is weighted by its share of
+    the kernel objective, so a budget of ``2^n`` returns the exact values.
+``permutation``
+    Antithetic permutation sampling: each random order and its reverse; the marginal
+    contributions along each order telescope, so efficiency holds exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from infoutil.errors import UserError
+
+ESTIMATORS = ("exact", "kernel", "leverage", "permutation")
+MAX_EXACT_PLAYERS = 20
+
+
+@dataclass(frozen=True)
+class Design:
+    """Coalitions to evaluate and the linear map from their values to Shapley values."""
+
+    coalitions: torch.Tensor  # bool [m, n]
+    weights: torch.Tensor  # float64 [n, m]
+
+    @property
+    def size(self) -> int:
+        return int(self.coalitions.shape[0])
+
+
+def default_budget(n: int) -> int:
+    return min(2**n, 32 * n) if n <= 30 else 32 * n
+
+
+def check_budget(n: int, estimator: str, budget: int | None) -> int:
+    """The budget to use; a budget too small to estimate ``n`` values is refused."""
+    if estimator not in ESTIMATORS:
+        raise UserError(f"unknown Shapley estimator {estimator!r}; choose one of "
+                        f"{', '.join(ESTIMATORS)}")
+    if n < 1:
+        raise UserError(f"a game needs at least one player, not {n}")
+    if estimator == "exact":
+        if n > MAX_EXACT_PLAYERS:
+            raise UserError(f"exact Shapley enumerates 2^{n} coalitions; use at most "
+                            f"{MAX_EXACT_PLAYERS} players or a sampling estimator")
+        if budget is not None and budget < 2**n:
+            raise UserError(f"exact Shapley needs 2^{n} = {2**n} evaluations but the budget is "
+                            f"{budget}; raise the budget or use a sampling estimator")
+        return 2**n
+    budget = default_budget(n) if budget is None else int(budget)
+    if n == 1:
+        return max(budget, 2)
+    minimum = 2 * n if estimator == "permutation" else n + 2
+    if budget < minimum:
+        why = ("one antithetic pair of orders costs 2 + 2(n-1) evaluations"
+               if estimator == "permutation" else
+               "a least-squares estimate of n values needs the empty and full coalitions "
+               "plus at least n others")
+        raise UserError(f"Shapley budget {budget} is too small for {n} players with "
+                        f"{estimator!r}: {why}; use a budget of at least {minimum}")
+    return budget
+
+
+def make_design(n: int, estimator: str, budget: int | None, generator: torch.Generator) -> Design:
+    budget = check_budget(n, estimator, budget)
+    if estimator == "exact" or n == 1:
+        return exact_design(n)
+    if estimator == "permutation":
+        return permutation_design(n, budget, generator)
+    return regression_design(n, budget, generator, leverage=(estimator == "leverage"))
+
+
+def shapley_values(
+    value_fn: Callable[[torch.Tensor], torch.Tensor],
+    n_players: int,
+    *,
+    estimator: str = "leverage",
+    budget: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Shapley values of the game ``value_fn`` (bool ``[m, n]`` -> values ``[m]``).
+
+    ``value_fn`` is called once with every coalition of the design (at most ``budget`` rows).
+    Returns a float64 tensor of ``n_players`` values.
+    """
+    design = make_design(n_players, estimator, budget, torch.Generator().manual_seed(seed))
+    values = torch.as_tensor(value_fn(design.coalitions), dtype=torch.float64).reshape(-1)
+    if values.numel() != design.size:
+        raise ValueError(f"value_fn returned {values.numel()} values for {design.size} coalitions")
+    return design.weights @ values
+
+
+# ---------------------------------------------------------------- exact
+
+
+def shapley_weight(n: int, s: int) -> float:
+    """Weight of a marginal contribution to a coalition of size ``s``: s!(n-s-1)!/n!."""
+    return 1.0 / (n * math.comb(n - 1, s))
+
+
+@functools.lru_cache(maxsize=4)
+def exact_design(n: int) -> Design:
+    """All ``2^n`` coalitions, in the order of their bitmask (bit i = player i)."""
+    masks = torch.arange(2**n, dtype=torch.int64)
+    bits = ((masks[:, None] >> torch.arange(n)) & 1).bool()  # [2^n, n]
+    sizes = bits.sum(1)
+    w = torch.tensor([shapley_weight(n, s) for s in range(n)] + [0.0], dtype=torch.float64)
+    # phi_i = sum_{S not i} w(|S|) (v(S+i) - v(S)): +w(|S|-1) where i in S, -w(|S|) where not.
+    plus = w[(sizes - 1).clamp(min=0)][None, :].expand(n, -1)
+    minus = w[sizes][None, :].expand(n, -1)
+    weights = torch.where(bits.T, plus, -minus).contiguous()
+    return Design(bits, weights)
+
+
+def brute_force_shapley(v: Callable[[frozenset], float], n: int) -> list[float]:
+    """The textbook formula, one coalition at a time (a slow reference for tests)."""
+    phi = []
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        total = 0.0
+        for s in range(n):
+            for combo in itertools.combinations(others, s):
+                S = frozenset(combo)
+                total += shapley_weight(n, s) * (v(S | {i}) - v(S))
+        phi.append(total)
+    return phi
+
+
+# ---------------------------------------------------------------- permutation
+
+
+def permutation_design(n: int, budget: int, g: torch.Generator) -> Design:
+    pairs = max((budget - 2) // (2 * (n - 1)), 1)
+    orders = []
+    for _ in range(pairs):
+        p = torch.randperm(n, generator=g)
+        orders += [p, p.flip(0)]
+    m = 2 + len(orders) * (n - 1)
+    coalitions = torch.zeros((m, n), dtype=torch.bool)
+    coalitions[1] = True  # row 0: empty, row 1: full
+    weights = torch.zeros((n, m), dtype=torch.float64)
+    scale = 1.0 / len(orders)
+    row = 2
+    for order in orders:
+        prev = 0  # row index of the prefix before the current player
+        current = torch.zeros(n, dtype=torch.bool)
+        for k, player in enumerate(order.tolist()):
+            if k == n - 1:
+                nxt = 1
+            else:
+                current[player] = True
+                coalitions[row] = current
+                nxt = row
+                row += 1
+            weights[player, nxt] += scale
+            weights[player, prev] -= scale
+            prev = nxt
+    return Design(coalitions, weights)
+
+
+# ---------------------------------------------------------------- regression (kernel, leverage)
+
+
+def _size_mass(n: int, s: int) -> float:
+    """Total Shapley-kernel weight of all coalitions of size ``s``: (n-1) / (s (n-s))."""
+    return (n - 1) / (s * (n - s))
+
+
+def _pair_classes(n: int) -> list[tuple[int, int]]:
+    """(size t, capacity) for each class of paired draws: sizes t and n-t, t <= n/2."""
+    classes = []
+    for t in range(1, n // 2 + 1):
+        if t == n - t:
+            classes.append((t, math.comb(n, t) // 2))
+        else:
+            classes.append((t, math.comb(n, t)))
+    return classes
+
+
+def _allocate(share: list[float], capacity: list[int], total: int) -> list[int]:
+    """Split ``total`` draws over classes in proportion to ``share``, capped by ``capacity``.
+
+    Water-filling: capped classes are filled whole and their excess goes to the others.
+    Rounding by largest remainder, ties to the smaller size, so the counts are deterministic.
+    """
+    counts = [0] * len(share)
+    open_ = [i for i in range(len(share)) if capacity[i] > 0]
+    remaining = min(total, sum(capacity))
+    while remaining > 0 and open_:
+        mass = sum(share[i] for i in open_)
+        ideal = {i: remaining * share[i] / mass for i in open_}
+        capped = [i for i in open_ if ideal[i] >= capacity[i] - counts[i]]
+        if capped:
+            for i in capped:
+                remaining -= capacity[i] - counts[i]
+                counts[i] = capacity[i]
+                open_.remove(i)
+            continue
+        base = {i: int(ideal[i]) for i in open_}
+        left = remaining - sum(base.values())
+        order = sorted(open_, key=lambda i: (-(ideal[i] - base[i]), i))
+        for i in order[:left]:
+            base[i] += 1
+        for i in open_:
+            counts[i] += base[i]
+        remaining = 0
+    return counts
+
+
+def _distinct_subsets(n: int, t: int, count: int, capacity: int, self_paired: bool,
+                      g: torch.Generator) -> list[torch.Tensor]:
+    """``count`` distinct subsets of size ``t`` (up to complement when ``self_paired``)."""
+    if count >= capacity or (count * 2 >= capacity and capacity <= 200_000):
+        combos = [c for c in itertools.combinations(range(n), t)
+                  if not self_paired or 0 in c]  # one representative per complement pair
+        pick = torch.randperm(len(combos), generator=g)[:count].tolist()
+        out = []
+        for k in pick:
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[list(combos[k])] = True
+            out.append(mask)
+        return out
+    seen: set[int] = set()
+    out = []
+    full = (1 << n) - 1
+    while len(out) < count:
+        idx = torch.randperm(n, generator=g)[:t]
+        key = int(sum(1 << int(i) for i in idx))
+        if self_paired:
+            key = min(key, full ^ key)
+        if key in seen:
+            continue
+        seen.add(key)
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[idx] = True
+        out.append(mask)
+    return out
+
+
+def regression_design(n: int, budget: int, g: torch.Generator, leverage: bool) -> Design:
+    pairs = (budget - 2) // 2
+    classes = _pair_classes(n)
+    rows: list[torch.Tensor] = []
+    sample_weights: list[float] = []
+    if leverage:
+        # Uniform over sizes: a class of two sizes (t, n-t) gets twice a self-paired class.
+        share = [1.0 if t == n - t else 2.0 for t, _ in classes]
+        counts = _allocate(share, [cap for _, cap in classes], pairs)
+        for (t, cap), c in zip(classes, counts, strict=True):
+            if c == 0:
+                continue
+            draws = _distinct_subsets(n, t, c, cap, t == n - t, g)
+            per_size = c * (2 if t == n - t else 1)  # samples of each size in this class
+            for mask in draws:
+                for s_mask in (mask, ~mask):
+                    s = int(s_mask.sum())
+                    rows.append(s_mask)
+                    sample_weights.append(_size_mass(n, s) / per_size)
+    else:
+        sizes = torch.arange(1, n)
+        mass = torch.tensor([_size_mass(n, int(s)) for s in sizes], dtype=torch.float64)
+        drawn = sizes[torch.multinomial(mass, pairs, replacement=True, generator=g)]
+        for s in drawn.tolist():
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[torch.randperm(n, generator=g)[:s]] = True
+            rows += [mask, ~mask]
+            sample_weights += [1.0, 1.0]
+    Z = torch.stack(rows) if rows else torch.zeros((0, n), dtype=torch.bool)
+    w = torch.tensor(sample_weights, dtype=torch.float64)
+    coalitions = torch.cat([torch.zeros((1, n), dtype=torch.bool),
+                            torch.ones((1, n), dtype=torch.bool), Z])
+    return Design(coalitions, projected_wls_weights(Z, w))
+
+
+def projected_wls_weights(Z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The linear map ``[v(empty), v(full), v(Z_1..Z_M)] -> phi`` of constrained least squares.
+
+    phi minimises sum_j w_j (v(Z_j) - v0 - Z_j . phi)^2 subject to sum(phi) = v1 - v0.
+    Writing phi = (v1 - v0)/n * 1 + U gamma with U an orthonormal basis of the plane
+    sum = 0, gamma solves an unconstrained weighted least-squares problem.
+    """
+    n = Z.shape[1]
+    Zf = Z.to(torch.float64)
+    ones = torch.ones(n, dtype=torch.float64)
+    # Orthonormal basis of {x : sum(x) = 0} from the QR of [1 | I].
+    q, _ = torch.linalg.qr(torch.cat([ones[:, None], torch.eye(n, dtype=torch.float64)], 1))
+    U = q[:, 1:n]
+    ZU = Zf @ U  # [M, n-1]
+    gram = ZU.T @ (w[:, None] * ZU)
+    K = U @ torch.linalg.pinv(gram, hermitian=True) @ (ZU.T * w[None, :])  # [n, M]
+    sizes = Zf.sum(1)
+    Ks = K @ sizes
+    v1 = (ones - Ks) / n
+    v0 = -K.sum(1) - v1
+    return torch.cat([v0[:, None], v1[:, None], K], 1)

@@ -1,0 +1,221 @@
+"""The distilled set on disk: a directory any user can open.
+
+::
+
+    OUT/
+      images/<NNN>_<class>/<n>.png   lossless PNGs; folder names sort in class-index order
+      labels.safetensors             per-patch soft-label logits [N, k, C] and hard labels [N]
+      manifest.json                  config, seed, dataset, teachers, provenance of every image
+      scores.safetensors             every candidate's scores (Shapley maps, boxes, grad norms)
+      run_stats.json                 wall time and forward passes (the one file that varies)
+      COMPLETE.json                  sha256 of every other file, written last
+
+The directory is built as ``OUT.partial`` and renamed into place, so ``OUT`` is either absent
+or complete; ``OUT.partial`` is what an interrupted run leaves, and ``--resume`` continues it.
+The same seed and inputs give byte-identical files (all but ``run_stats.json``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from infoutil.data.base import DatasetInfo
+from infoutil.errors import UserError
+from infoutil.io.atomic import (
+    atomic_save_tensors,
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_file,
+)
+
+DISTILLED_FORMAT = "infoutil-distilled/1"
+COMPLETE = "COMPLETE.json"
+VARYING_FILES = ("run_stats.json",)
+
+
+def class_folder(index: int, name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
+    return f"{index:03d}_{safe}"
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """uint8 [C, H, W] -> PNG bytes (no timestamps or text chunks: stable bytes)."""
+    arr = image.permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def staging_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path:
+    """Check what is at ``out`` and return a clean staging directory to write into."""
+    stage = staging_dir(out)
+    if out.exists() and not overwrite:
+        what = "a finished output" if (out / COMPLETE).is_file() else "something"
+        raise UserError(f"{out}: already holds {what}; pass --overwrite to replace it, "
+                        "or choose another --out")
+    if stage.exists():
+        if not (resume or overwrite):
+            raise UserError(f"{stage}: an interrupted run left this; pass --resume to continue "
+                            "it, or --overwrite to start again")
+        shutil.rmtree(stage)
+    try:
+        stage.mkdir(parents=True)
+    except OSError as err:
+        raise UserError(f"{out}: cannot create the output here ({err.strerror}); "
+                        "choose a writable --out") from err
+    return stage
+
+
+def finish_output(stage: Path, out: Path) -> None:
+    """Write the completion marker, then rename the staging directory into place."""
+    files = sorted(p for p in stage.rglob("*") if p.is_file())
+    sums = {str(p.relative_to(stage)): sha256_file(p) for p in files
+            if p.name not in VARYING_FILES}
+    atomic_write_json(stage / COMPLETE, {"format": DISTILLED_FORMAT, "sha256": sums})
+    old = None
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    stage.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_distilled_files(stage: Path, info: DatasetInfo, images: torch.Tensor,
+                          labels: torch.Tensor, logits: torch.Tensor | None, manifest: dict,
+                          scores: dict[str, torch.Tensor], stats: dict) -> None:
+    """Write everything but the completion marker into ``stage``."""
+    per_class: dict[int, int] = {}
+    entries = manifest["images"]
+    for row, (img, y) in enumerate(zip(images, labels.tolist(), strict=True)):
+        n = per_class.get(y, 0)
+        per_class[y] = n + 1
+        rel = f"images/{class_folder(y, info.class_names[y])}/{n:05d}.png"
+        atomic_write_bytes(stage / rel, png_bytes(img))
+        entries[row]["file"] = rel
+    tensors = {"labels": labels.to(torch.int64)}
+    if logits is not None:
+        tensors["logits"] = logits.to(torch.float32)
+    atomic_save_tensors(stage / "labels.safetensors", tensors)
+    if scores:
+        atomic_save_tensors(stage / "scores.safetensors", scores)
+    atomic_write_json(stage / "manifest.json", manifest)
+    atomic_write_json(stage / "run_stats.json", stats)
+
+
+@dataclass
+class DistilledSet(torch.utils.data.Dataset):
+    """A distilled set loaded from disk. Items: (float image [C, H, W] in [0, 1], label)."""
+
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+    logits: torch.Tensor | None  # float32 [N, k, C] per-patch soft-label logits
+    manifest: dict
+    info: DatasetInfo
+    path: Path
+    stats: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i].float() / 255.0, int(self.labels[i])
+
+    @property
+    def factor(self) -> int:
+        return int(self.manifest.get("factor", 1))
+
+    @property
+    def method(self) -> str:
+        return self.manifest["method"]
+
+    @property
+    def ipc(self) -> int | None:
+        return self.manifest.get("ipc")
+
+
+def verify_complete(path: Path) -> dict:
+    """Check the completion marker and every checksum; returns the marker."""
+    if not path.is_dir():
+        stage = staging_dir(path)
+        hint = f" ({stage} is an interrupted run: rerun with --resume)" if stage.exists() else ""
+        raise UserError(f"{path}: no distilled set here{hint}")
+    marker = path / COMPLETE
+    if not marker.is_file():
+        raise UserError(f"{path}: incomplete distilled set (no {COMPLETE}); the run that wrote "
+                        "it did not finish, rerun it with --resume")
+    try:
+        done = json.loads(marker.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{marker}: corrupt completion marker ({err})") from err
+    for rel, digest in done.get("sha256", {}).items():
+        f = path / rel
+        if not f.is_file():
+            raise UserError(f"{path}: corrupted distilled set, {rel} is missing")
+        if sha256_file(f) != digest:
+            raise UserError(f"{path}: corrupted distilled set, {rel} does not match its checksum")
+    return done
+
+
+def load_distilled(path: str | os.PathLike, *, verify: bool = True,
+                   data_root: str | None = None, cache_dir: str | None = None) -> DistilledSet:
+    """Open a distilled set; an incomplete or corrupted directory is refused in one line.
+
+    The ``full`` baseline stores no images: it names the whole training set, which is loaded
+    from ``data_root``.
+    """
+    path = Path(path)
+    if verify:
+        verify_complete(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}/manifest.json: missing or corrupt ({err})") from err
+    if manifest.get("format") != DISTILLED_FORMAT:
+        raise UserError(f"{path}: not an infoutil distilled set (format "
+                        f"{manifest.get('format')!r})")
+    info = DatasetInfo.from_dict(manifest["dataset"])
+    stats = {}
+    if (path / "run_stats.json").is_file():
+        stats = json.loads((path / "run_stats.json").read_text())
+    if manifest.get("full_training_set"):
+        from infoutil.data import load_dataset
+
+        train = load_dataset(info.name, "train", data_root, cache_dir=cache_dir)
+        if not hasattr(train, "images"):
+            raise UserError(f"{info.name}: the full baseline needs an in-memory dataset")
+        return DistilledSet(train.images, train.targets, None, manifest, info, path, stats)
+    try:
+        tensors = load_file(str(path / "labels.safetensors"))
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path}/labels.safetensors: unreadable ({err})") from err
+    images = []
+    for entry in manifest["images"]:
+        f = path / entry["file"]
+        try:
+            with Image.open(f) as img:
+                img.load()
+                arr = torch.from_numpy(np.asarray(img).copy())
+        except OSError as err:
+            raise UserError(f"{f}: cannot read this image ({err})") from err
+        images.append(arr.unsqueeze(0) if arr.dim() == 2 else arr.permute(2, 0, 1))
+    stacked = torch.stack(images).contiguous()
+    return DistilledSet(stacked, tensors["labels"], tensors.get("logits"), manifest, info,
+                        path, stats)

@@ -1,0 +1,133 @@
+"""Distillation methods by name, and :func:`distill`, the stage-by-stage driver.
+
+dataset -> candidates -> scores (method-specific, chunked, cached) -> selection ->
+assembly -> soft labels -> distilled set on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from infoutil import distributed
+from infoutil.config import DistillConfig
+from infoutil.data import load_dataset, resolve_cache_dir
+from infoutil.errors import UserError
+from infoutil.io.checkpoint import Teacher, load_teacher
+from infoutil.io.distilled import (
+    DISTILLED_FORMAT,
+    finish_output,
+    prepare_output,
+    write_distilled_files,
+)
+from infoutil.io.lock import output_lock
+from infoutil.methods import baselines, infoutil, rded
+from infoutil.methods.common import MethodContext, Selection, assemble, soft_labels
+from infoutil.runtime import StageTimer
+
+METHODS: dict[str, Callable[[MethodContext], Selection]] = {
+    "infoutil": infoutil.select,
+    "rded": rded.select,
+    "random": baselines.select_random,
+    "herding": baselines.select_herding,
+    "kcenter": baselines.select_kcenter,
+}
+ALL_METHODS = (*METHODS, "full")
+
+
+def distill(
+    cfg: DistillConfig,
+    teacher: str | Path,
+    out: str | Path,
+    *,
+    label_teacher: str | Path | None = None,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Distill ``cfg.dataset`` with ``cfg.method`` and write the set to ``out``.
+
+    Under torchrun every rank scores its share of the candidates and rank 0 writes ``out``.
+    """
+    out = Path(out)
+    if cfg.method not in ALL_METHODS:
+        raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(ALL_METHODS)}")
+    ctx = distributed.context()
+    start = time.perf_counter()
+    train = load_dataset(cfg.dataset, "train", data_root, cache_dir=cache_dir)
+    judge = load_teacher(teacher, expect=train.info)
+    labeller = judge if label_teacher is None else load_teacher(label_teacher, expect=train.info)
+    store_root = resolve_cache_dir(cache_dir) / "scores"
+    timer = StageTimer()
+
+    stage = None
+    with contextlib.ExitStack() as stack:
+        if ctx.is_main:
+            stack.enter_context(output_lock(out))
+        try:
+            if ctx.is_main:
+                stage = prepare_output(out, resume=resume, overwrite=overwrite)
+            ctx.barrier()
+            mc = MethodContext(cfg, train, judge, store_root, timer, ctx, progress)
+            selection = None if cfg.method == "full" else METHODS[cfg.method](mc)
+            if ctx.is_main:
+                _write(stage, out, cfg, train, judge, labeller, selection, timer, start,
+                       mc.factor)
+        except BaseException:
+            # Scores are kept in the store; a half-written output is not left behind.
+            if stage is not None and stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+            raise
+    ctx.barrier()
+    return out
+
+
+def _write(stage: Path, out: Path, cfg: DistillConfig, train, judge: Teacher, labeller: Teacher,
+           selection: Selection | None, timer: StageTimer, start: float, factor: int) -> None:
+    info = train.info
+    manifest = {
+        "format": DISTILLED_FORMAT,
+        "method": cfg.method,
+        "ipc": cfg.ipc,
+        "seed": cfg.seed,
+        "config": cfg.model_dump(),
+        "dataset": info.to_dict(),
+        "teacher": judge.describe(),
+        "label_teacher": labeller.describe(),
+        "images": [],
+    }
+    if selection is None:  # the full training set, relabelled online by the teacher
+        manifest.update(full_training_set=True, factor=1, num_images=len(train))
+        with timer.stage("write"):
+            write_distilled_files(stage, info, torch.empty((0, info.channels, 1, 1),
+                                                           dtype=torch.uint8),
+                                  torch.empty(0, dtype=torch.int64), None, manifest, {},
+                                  _stats(timer, start))
+            finish_output(stage, out)
+        return
+    with timer.stage("assemble"):
+        images, labels, entries = assemble(train, selection, cfg.ipc)
+    with timer.stage("soft labels"):
+        logits = soft_labels(labeller, images, selection.factor)
+    timer.count("soft labels", logits.shape[0] * logits.shape[1])
+    manifest.update(factor=selection.factor, num_images=len(images), images=entries)
+    with timer.stage("write"):
+        write_distilled_files(stage, info, images, labels, logits, manifest, selection.scores,
+                              _stats(timer, start))
+        finish_output(stage, out)
+    n_candidates = len(selection.scores.get("candidates", []))
+    print(f"distilled {cfg.method} {info.name} ipc={cfg.ipc} -> {out} | "
+          + timer.summary(n_candidates or None), flush=True)
+
+
+def _stats(timer: StageTimer, start: float) -> dict:
+    d = timer.to_dict()
+    d["total_seconds"] = round(time.perf_counter() - start, 3)
+    return d

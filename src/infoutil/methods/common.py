@@ -1,0 +1,236 @@
+"""What every distillation method shares: the candidate pool, chunked and cached scoring,
+assembly of patches into images, and soft labels.
+
+A method returns a :class:`Selection`: for each class, its patches (a source image and a box)
+in rank order. Everything else (stitching, labels, files) is common, so every method writes the
+same format and is evaluated the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from infoutil.attribution.patch import patch_bounds
+from infoutil.config import DistillConfig
+from infoutil.data.augment import to_float
+from infoutil.data.base import ImageDataset, per_class_sample
+from infoutil.distributed import Context
+from infoutil.errors import UserError
+from infoutil.io.atomic import atomic_save_tensors
+from infoutil.io.checkpoint import Teacher
+from infoutil.runtime import StageTimer, progress
+
+
+@dataclass
+class Patch:
+    """One piece of a distilled image: a box (top, left, height, width) of a training image."""
+
+    source: int
+    box: tuple[int, int, int, int]
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
+class Selection:
+    patches: list[list[Patch]]  # per class, best first; ipc * factor^2 each
+    factor: int
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)  # for scores.safetensors
+
+
+@dataclass
+class MethodContext:
+    cfg: DistillConfig
+    train: ImageDataset
+    teacher: Teacher
+    store_root: Path
+    timer: StageTimer
+    dist: Context
+    progress: bool = True
+
+    @property
+    def factor(self) -> int:
+        if self.cfg.factor is not None:
+            return self.cfg.factor
+        return 1 if self.train.info.low_resolution else 2
+
+    @property
+    def patches_per_image(self) -> int:
+        return self.factor**2
+
+    def store(self, stage: str, **key) -> ScoreStore:
+        parts = {"stage": stage, "dataset": self.train.info.name,
+                 "classes": list(self.train.info.class_names), "train_size": len(self.train),
+                 "teacher": self.teacher.weights_sha256, **key}
+        return ScoreStore(self.store_root, stage, parts)
+
+
+def full_box(info) -> tuple[int, int, int, int]:
+    return (0, 0, info.image_size, info.image_size)
+
+
+def candidate_pool(train: ImageDataset, per_class: int, seed: int) -> torch.Tensor:
+    """Up to ``per_class`` training indices per class, drawn with the seed, grouped by class."""
+    return per_class_sample(train.targets, train.info.num_classes, per_class, seed)
+
+
+def check_supply(counts: list[int], need: int, info, what: str, fix: str) -> None:
+    """Every class must offer ``need`` items; the error names the first class that cannot."""
+    for c, have in enumerate(counts):
+        if have < need:
+            raise UserError(f"class {info.class_names[c]!r} has only {have} {what} but {need} "
+                            f"are needed; {fix}")
+
+
+def check_finite(t: torch.Tensor, what: str, teacher: Teacher) -> None:
+    if not torch.isfinite(t).all():
+        raise UserError(f"{teacher.path}: the teacher produced NaN or Inf {what}; "
+                        "the checkpoint is broken, retrain or pick another epoch")
+
+
+class ScoreStore:
+    """Finished chunks of a scoring stage, saved as they complete.
+
+    The directory name is a hash of everything the scores depend on (dataset, teacher weights,
+    seed, the stage's settings), so a resumed run, a run at another IPC, or another rank reuses
+    finished chunks, and a change of any input starts afresh.
+    """
+
+    def __init__(self, root: Path, stage: str, key: dict):
+        import hashlib
+
+        self.key = json.dumps(key, sort_keys=True)
+        digest = hashlib.sha256(self.key.encode()).hexdigest()[:20]
+        self.dir = Path(root) / f"{stage}-{digest}"
+
+    def _path(self, chunk: int) -> Path:
+        return self.dir / f"chunk_{chunk:05d}.safetensors"
+
+    def load(self, chunk: int, expect: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        path = self._path(chunk)
+        if not path.is_file():
+            return None
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError):
+            return None  # a damaged chunk is recomputed
+        if not torch.equal(tensors.pop("candidates", torch.empty(0)), expect):
+            return None
+        return tensors
+
+    def save(self, chunk: int, candidates: torch.Tensor, tensors: dict[str, torch.Tensor]):
+        if not (self.dir / "key.json").is_file():
+            from infoutil.io.atomic import atomic_write_bytes
+
+            atomic_write_bytes(self.dir / "key.json", self.key.encode())
+        atomic_save_tensors(self._path(chunk), {"candidates": candidates, **tensors})
+
+
+def chunked_scores(
+    mc: MethodContext, store: ScoreStore, candidates: torch.Tensor,
+    compute: Callable[[slice], dict[str, torch.Tensor]], *, desc: str,
+    chunk_size: int = 64, forwards_per_item: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Score ``candidates`` in fixed chunks, each saved when done; ranks split the chunks.
+
+    ``compute`` gets the slice of ``candidates`` it should score.
+
+    Chunk ``i`` always holds candidates ``[i * chunk_size, (i + 1) * chunk_size)``, and any
+    randomness inside ``compute`` is seeded per candidate, so the result does not depend on the
+    number of ranks or on where a previous run was killed.
+    """
+    n_chunks = math.ceil(len(candidates) / chunk_size)
+    mine = list(range(mc.dist.rank, n_chunks, mc.dist.world_size))
+    results: dict[int, dict[str, torch.Tensor]] = {}
+    bar = progress(total=sum(len(candidates[i * chunk_size:(i + 1) * chunk_size]) for i in mine),
+                   desc=desc, unit="img", enabled=mc.progress)
+    computed = 0
+    with mc.timer.stage(desc):
+        for i in mine:
+            sl = slice(i * chunk_size, (i + 1) * chunk_size)
+            chunk = candidates[sl]
+            tensors = store.load(i, chunk)
+            if tensors is None:
+                tensors = compute(sl)
+                store.save(i, chunk, tensors)
+                computed += len(chunk)
+            results[i] = tensors
+            bar.update(len(chunk))
+        bar.close()
+    mc.timer.count(desc, computed * forwards_per_item)
+    if mc.dist.active:
+        merged: dict[int, dict[str, torch.Tensor]] = {}
+        for part in mc.dist.all_gather_object(results):
+            merged.update(part)
+        results = merged
+    keys = results[0].keys() if results else []
+    return {k: torch.cat([results[i][k] for i in range(n_chunks)]) for k in keys}
+
+
+def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (antialiased) resize of ``[C, H, W]`` or ``[B, C, H, W]``."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    batched = x if x.dim() == 4 else x[None]
+    out = F.interpolate(batched, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out if x.dim() == 4 else out[0]
+
+
+def cell_slices(size: int, factor: int) -> list[tuple[slice, slice]]:
+    """Row-major cells of a ``factor x factor`` canvas (remainder pixels spread as RDED does)."""
+    b = patch_bounds(size, factor)
+    return [(slice(b[r], b[r + 1]), slice(b[q], b[q + 1]))
+            for r in range(factor) for q in range(factor)]
+
+
+def assemble(train: ImageDataset, selection: Selection, ipc: int) -> tuple[torch.Tensor,
+                                                                           torch.Tensor, list]:
+    """Stitch each class's ranked patches, ``factor^2`` consecutive ones per image.
+
+    Returns uint8 images ``[N, C, H, W]``, labels ``[N]`` and one manifest entry per image.
+    """
+    info = train.info
+    f, k = selection.factor, selection.factor**2
+    cells = cell_slices(info.image_size, f)
+    images, labels, entries = [], [], []
+    for c, patches in enumerate(selection.patches):
+        for j in range(ipc):
+            group = patches[j * k : (j + 1) * k]
+            canvas = torch.zeros((info.channels, info.image_size, info.image_size))
+            sources = to_float(train.get_batch([p.source for p in group]))
+            for p, (patch, src) in enumerate(zip(group, sources, strict=True)):
+                top, left, h, w = patch.box
+                ys, xs = cells[p]
+                canvas[:, ys, xs] = resize_to(src[:, top : top + h, left : left + w],
+                                              (ys.stop - ys.start, xs.stop - xs.start))
+            images.append(canvas.mul(255).round().clamp(0, 255).to(torch.uint8))
+            labels.append(c)
+            entries.append({
+                "class": c,
+                "patches": [{"source_index": p.source, "source_id": train.source_id(p.source),
+                             "box": list(p.box), **p.provenance} for p in group],
+            })
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), entries
+
+
+@torch.inference_mode()
+def soft_labels(label_teacher: Teacher, images: torch.Tensor, factor: int,
+                batch_size: int = 256) -> torch.Tensor:
+    """Per-patch logits ``[N, factor^2, C]``: each cell of each image, resized to the input
+    size, through the label teacher (the student sees the same pixels)."""
+    size = images.shape[-1]
+    cells = cell_slices(size, factor)
+    crops = torch.stack([resize_to(to_float(images[:, :, ys, xs]), (size, size))
+                         for ys, xs in cells], 1)  # [N, k, C, H, W]
+    flat = crops.flatten(0, 1)
+    out = torch.cat([label_teacher.model(flat[i : i + batch_size])
+                     for i in range(0, len(flat), batch_size)])
+    return out.view(len(images), len(cells), -1).float()

@@ -1,0 +1,1 @@
+"""Selection: crops by informativeness, scores by utility, top-k per class, coresets."""
