@@ -121,6 +121,111 @@ def teacher_import(
     typer.echo(f"imported {checkpoint} as {arch}: test accuracy {acc:.4f} -> {out}")
 
 
+Overwrite = typer.Option(False, "--overwrite", help="Replace a finished output at --out.")
+Resume = typer.Option(False, "--resume", help="Continue an interrupted run (OUT.partial).")
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+@app.command()
+def distill(
+    method: str = typer.Option("infoutil", "--method",
+                               help="infoutil, rded, random, herding, kcenter or full."),
+    dataset: Optional[str] = typer.Option(None, "--dataset"),
+    teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint (DIR, DIR@EPOCH or "
+                                "FILE.safetensors) that scores candidates."),
+    ipc: Optional[int] = typer.Option(None, "--ipc", help="Images per class."),
+    out: Path = typer.Option(..., "--out"),
+    label_teacher: Optional[str] = typer.Option(
+        None, "--label-teacher", help="Checkpoint for the soft labels (default: --teacher), "
+        "e.g. an early epoch DIR@10 as the paper does at IPC 1 and 10."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    candidates_per_class: Optional[int] = typer.Option(None, "--candidates-per-class"),
+    factor: Optional[int] = typer.Option(None, "--factor", help="Patches per side of a distilled "
+                                         "image (default: 1 up to 64 px, else 2)."),
+    estimator: Optional[str] = typer.Option(None, "--estimator",
+                                            help="exact, kernel, leverage or permutation."),
+    budget: Optional[int] = typer.Option(None, "--budget",
+                                         help="Shapley evaluations per candidate."),
+    grad_norm: Optional[str] = typer.Option(None, "--grad-norm", help="full or last_layer."),
+    config: Optional[Path] = ConfigFile,
+    resume: bool = Resume,
+    overwrite: bool = Overwrite,
+    quiet: bool = Quiet,
+    data_root: Optional[str] = DataRoot,
+    cache_dir: Optional[str] = CacheDir,
+    threads: Optional[int] = Threads,
+) -> None:
+    """Distill a dataset into IPC images per class, written to --out."""
+    from infoutil.config import DistillConfig, build_config, merge, read_yaml
+    from infoutil.methods import distill as run_distill
+
+    _setup(threads)
+    values = merge(read_yaml(config) if config else {}, {
+        "method": method, "dataset": dataset, "ipc": ipc, "seed": seed,
+        "candidates_per_class": candidates_per_class, "factor": factor,
+        "informativeness": {"estimator": estimator, "budget": budget},
+        "utility": {"grad_norm": grad_norm},
+    })
+    for key, flag in (("dataset", "--dataset"), ("ipc", "--ipc")):
+        if key not in values:
+            raise UserError(f"{flag} is required (on the command line or in --config)")
+    cfg = build_config(DistillConfig, values, str(config or "options"))
+    run_distill(cfg, teacher, out, label_teacher=label_teacher, data_root=data_root,
+                cache_dir=cache_dir, resume=resume, overwrite=overwrite, progress=not quiet)
+
+
+@app.command()
+def evaluate(
+    distilled: Path = typer.Argument(..., help="A distilled set written by 'infoutil distill'."),
+    out: Path = typer.Option(..., "--out"),
+    student: str = typer.Option("convnet3", "--student", help="Any registered model."),
+    teacher: Optional[str] = typer.Option(
+        None, "--teacher", help="Teacher that relabels online (default: the set's label "
+        "teacher)."),
+    protocol: str = typer.Option("rded", "--protocol", help="rded (online labels) or static "
+                                 "(stored per-patch labels)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    seeds: int = typer.Option(1, "--seeds", help="Train this many students (seeds 0..N-1)."),
+    autoaugment: Optional[bool] = typer.Option(None, "--autoaugment/--no-autoaugment"),
+    config: Optional[Path] = ConfigFile,
+    resume: bool = Resume,
+    overwrite: bool = Overwrite,
+    quiet: bool = Quiet,
+    data_root: Optional[str] = DataRoot,
+    cache_dir: Optional[str] = CacheDir,
+    threads: Optional[int] = Threads,
+) -> None:
+    """Train fresh students on a distilled set; report last-epoch top-1 on the real test set."""
+    from infoutil.config import PROTOCOLS, ProtocolConfig, build_config, merge, read_yaml
+    from infoutil.evaluation.run import evaluate as run_evaluate
+
+    _setup(threads)
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    values = merge(PROTOCOLS[protocol].model_dump(), read_yaml(config) if config else {})
+    values = merge(values, {"epochs": epochs, "autoaugment": autoaugment})
+    proto = build_config(ProtocolConfig, values, str(config or "options"))
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, not {seeds}")
+    run_evaluate(distilled, out, student=student, teacher=teacher, protocol=proto,
+                 seeds=list(range(seeds)), data_root=data_root, cache_dir=cache_dir,
+                 resume=resume, overwrite=overwrite, progress=not quiet)
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Evaluation outputs (or folders holding them)."),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """Collect results.json files into one table (markdown, CSV) and accuracy-vs-IPC plots."""
+    from infoutil.evaluation.compare import compare as run_compare
+    from infoutil.evaluation.compare import markdown_table
+
+    rows = run_compare(runs, out)
+    typer.echo(markdown_table(rows), nl=False)
+    typer.echo(f"-> {out}/results.md, results.csv")
+
+
 def main() -> None:
     """Entry point: run the app; a user's mistake becomes one line and exit status 2."""
     try:

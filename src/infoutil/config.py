@@ -110,7 +110,9 @@ class ProtocolConfig(Strict):
     cutmix: bool = True
     autoaugment: bool = False
     batch_size: int | None = Field(None, ge=1)  # None: RDED's rule by IPC and class count
-    eval_points: int = Field(5, ge=1)  # test evaluations along the curve (the last is reported)
+    eval_points: int = Field(5, ge=1)  # points on the curve (the last, on the full test set,
+    # is the one reported; the others use a class-balanced probe of ``probe_images``)
+    probe_images: int = Field(2000, ge=1)
     eval_batch_size: int = Field(500, ge=1)
 
 

@@ -7,6 +7,7 @@
       labels.safetensors             per-patch soft-label logits [N, k, C] and hard labels [N]
       manifest.json                  config, seed, dataset, teachers, provenance of every image
       scores.safetensors             every candidate's scores (Shapley maps, boxes, grad norms)
+      config.json                    the resolved options of the run
       run_stats.json                 wall time and forward passes (the one file that varies)
       COMPLETE.json                  sha256 of every other file, written last
 
@@ -63,23 +64,34 @@ def staging_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path:
-    """Check what is at ``out`` and return a clean staging directory to write into."""
+def prepare_output(out: Path, *, resume: bool, overwrite: bool, config: dict) -> Path:
+    """Check what is at ``out`` and return the staging directory to write into.
+
+    ``OUT.partial`` left by an interrupted run is continued with ``resume`` (when its
+    ``config.json`` matches) and discarded with ``overwrite``; otherwise the run stops.
+    """
     stage = staging_dir(out)
     if out.exists() and not overwrite:
         what = "a finished output" if (out / COMPLETE).is_file() else "something"
         raise UserError(f"{out}: already holds {what}; pass --overwrite to replace it, "
                         "or choose another --out")
     if stage.exists():
-        if not (resume or overwrite):
+        if overwrite:
+            shutil.rmtree(stage)
+        elif not resume:
             raise UserError(f"{stage}: an interrupted run left this; pass --resume to continue "
                             "it, or --overwrite to start again")
-        shutil.rmtree(stage)
+        else:
+            saved = stage / "config.json"
+            if saved.is_file() and json.loads(saved.read_text()) != config:
+                raise UserError(f"{stage}: --resume with different options than the "
+                                "interrupted run; use the same options, or --overwrite")
     try:
-        stage.mkdir(parents=True)
+        stage.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{out}: cannot create the output here ({err.strerror}); "
                         "choose a writable --out") from err
+    atomic_write_json(stage / "config.json", config)
     return stage
 
 

@@ -73,7 +73,8 @@ def distill(
             stack.enter_context(output_lock(out))
         try:
             if ctx.is_main:
-                stage = prepare_output(out, resume=resume, overwrite=overwrite)
+                stage = prepare_output(out, resume=resume, overwrite=overwrite,
+                                       config=_run_config(cfg, teacher, label_teacher))
             ctx.barrier()
             mc = MethodContext(cfg, train, judge, store_root, timer, ctx, progress)
             selection = None if cfg.method == "full" else METHODS[cfg.method](mc)
@@ -87,6 +88,11 @@ def distill(
             raise
     ctx.barrier()
     return out
+
+
+def _run_config(cfg: DistillConfig, teacher, label_teacher) -> dict:
+    return {"command": "distill", "config": cfg.model_dump(), "teacher": str(teacher),
+            "label_teacher": None if label_teacher is None else str(label_teacher)}
 
 
 def _write(stage: Path, out: Path, cfg: DistillConfig, train, judge: Teacher, labeller: Teacher,

@@ -1,0 +1,131 @@
+"""``infoutil evaluate``: students on a distilled set, one per seed, and ``results.json``.
+
+``results.json`` has a stable schema (``RESULTS_FORMAT``) that other tools can read:
+method, dataset, ipc, student, protocol, epochs, teacher_accuracy, seeds, accuracy (one per
+seed, each the LAST epoch's test top-1, never the best), mean, std (population, ddof 0),
+distill_seconds, evaluate_seconds, and the full config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+from infoutil import distributed
+from infoutil.config import ProtocolConfig
+from infoutil.data import load_dataset
+from infoutil.errors import UserError
+from infoutil.evaluation.student import StudentRun, rded_batch_size, train_student
+from infoutil.io.atomic import atomic_write_json
+from infoutil.io.checkpoint import check_teacher_fits, load_teacher
+from infoutil.io.distilled import finish_output, load_distilled, prepare_output
+from infoutil.io.lock import output_lock
+from infoutil.report.plots import plot_training_curves
+
+RESULTS_FORMAT = "infoutil-results/1"
+
+
+def evaluate(
+    distilled_dir: str | Path,
+    out: str | Path,
+    *,
+    student: str = "convnet3",
+    teacher: str | Path | None = None,
+    protocol: ProtocolConfig | None = None,
+    seeds: list[int] | None = None,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train ``len(seeds)`` students on the distilled set; returns the results record."""
+    start = time.perf_counter()
+    out = Path(out)
+    protocol = protocol or ProtocolConfig()
+    seeds = list(seeds if seeds is not None else [0])
+    if not seeds:
+        raise UserError("--seeds must be at least 1")
+    ctx = distributed.context()
+    distilled = load_distilled(distilled_dir, data_root=data_root, cache_dir=cache_dir)
+    test = load_dataset(distilled.info.name, "test", data_root, cache_dir=cache_dir)
+    check_teacher_fits(test.info, distilled.info, str(distilled_dir))
+    teacher_spec = teacher or distilled.manifest["label_teacher"]["path"]
+    relabeller = load_teacher(teacher_spec)
+    check_teacher_fits(relabeller.info, distilled.info, str(teacher_spec))
+    config = {
+        "command": "evaluate", "distilled": str(distilled_dir), "student": student,
+        "teacher": str(teacher_spec), "protocol": protocol.model_dump(), "seeds": seeds,
+    }
+    with contextlib.ExitStack() as stack:
+        if ctx.is_main:
+            stack.enter_context(output_lock(out))
+            stage = prepare_output(out, resume=resume, overwrite=overwrite, config=config)
+        else:
+            stage = out.with_name(out.name + ".partial")
+        ctx.barrier()
+        runs: list[StudentRun] = []
+        for seed in seeds:
+            record = stage / f"seed_{seed}.json"
+            if record.is_file():
+                saved = json.loads(record.read_text())
+                runs.append(StudentRun(seed, saved["accuracy"], saved["curve"]))
+                continue
+            state = stage / f"seed_{seed}_state.safetensors"
+            run = train_student(distilled, test, relabeller.model, student, protocol, seed,
+                                state_path=state, ctx=ctx, progress_bar=progress)
+            if ctx.is_main:
+                atomic_write_json(record, {"seed": seed, "accuracy": run.accuracy,
+                                           "curve": run.curve})
+                state.unlink(missing_ok=True)
+            runs.append(run)
+        results = _results(distilled, relabeller, student, protocol, runs, config, start)
+        if ctx.is_main:
+            atomic_write_json(stage / "results.json", results)
+            plot_training_curves([{"seed": r.seed, "curve": r.curve} for r in runs],
+                                 stage / "curve.png",
+                                 f"{results['method']} {results['dataset']} ipc={results['ipc']}"
+                                 f" -> {student} ({protocol.name}, {protocol.epochs} epochs)")
+            finish_output(stage, out)
+        ctx.barrier()
+    if ctx.is_main and progress:
+        print(f"{results['method']} {results['dataset']} ipc={results['ipc']} {student}: "
+              f"{100 * results['mean']:.2f} +- {100 * results['std']:.2f} "
+              f"(last epoch, {len(seeds)} seed(s)) -> {out / 'results.json'}", flush=True)
+    return results
+
+
+def _results(distilled, relabeller, student: str, protocol: ProtocolConfig,
+             runs: list[StudentRun], config: dict, start: float) -> dict:
+    accs = [r.accuracy for r in runs]
+    n = len(distilled)
+    ipc = distilled.ipc
+    return {
+        "format": RESULTS_FORMAT,
+        "method": distilled.method,
+        "dataset": distilled.info.name,
+        "ipc": ipc,
+        "num_images": n,
+        "factor": distilled.factor,
+        "student": student,
+        "protocol": protocol.name,
+        "epochs": protocol.epochs,
+        "batch_size": protocol.batch_size or rded_batch_size(
+            ipc or max(1, n // distilled.info.num_classes), distilled.info.num_classes, n),
+        "teacher_accuracy": relabeller.meta.get("test_accuracy"),
+        "teacher": relabeller.describe(),
+        "distill_teacher": distilled.manifest.get("teacher"),
+        "seeds": [r.seed for r in runs],
+        "accuracy": accs,
+        "mean": statistics.fmean(accs),
+        "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+        "reported": "last_epoch",
+        "distill_seconds": distilled.stats.get("total_seconds"),
+        "evaluate_seconds": round(time.perf_counter() - start, 2),
+        "curves": [{"seed": r.seed, "curve": r.curve} for r in runs],
+        "config": dict(config, protocol_config=protocol.model_dump(),
+                       distill_config=distilled.manifest.get("config")),
+    }

@@ -1,0 +1,212 @@
+"""Train a fresh student on a distilled set under a named protocol (anchors.md §1.6).
+
+Per step: ShufflePatches(factor) -> RandomResizedCrop(scale (1/factor, 1)) -> flip -> CutMix,
+then soft targets: the teacher relabels the mixed batch online (``labels="online"``), or the
+stored per-patch labels are mixed by area (``labels="static"``). The loss is
+KL(softmax(teacher/T) || softmax(student/T)) with batch-mean reduction, without a T^2 factor,
+as RDED. AdamW with no decay on norms and biases; the LR follows a cosine per epoch down to
+``lr_floor x lr``. Every draw of epoch ``e`` comes from a generator seeded by (seed, e), and the
+model and optimizer state are saved as training goes, so a killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from infoutil.config import ProtocolConfig
+from infoutil.data.augment import (
+    cutmix,
+    horizontal_flip,
+    random_resized_crop,
+    shuffle_patches,
+    to_float,
+)
+from infoutil.data.base import ImageDataset, per_class_sample, subset
+from infoutil.distributed import Context
+from infoutil.errors import UserError
+from infoutil.io.atomic import atomic_save_tensors
+from infoutil.io.distilled import DistilledSet
+from infoutil.models import create_model
+from infoutil.runtime import generator, progress
+from infoutil.training.teacher import cosine_lr, param_groups
+
+# RDED's AdamW learning rate per student (argument.py); 1e-3 for every other model.
+STUDENT_LR = {"mobilenetv2": 2.5e-3}
+
+
+def rded_batch_size(ipc: int, num_classes: int, num_images: int) -> int:
+    """RDED's rule: 10 / 50 / 100 for IPC below 10 / below 50 / above, x2 for 100+ classes,
+    capped at the number of images."""
+    base = 10 if ipc < 10 else 50 if ipc < 50 else 100
+    if num_classes >= 100:
+        base *= 2
+    return max(1, min(base, num_images))
+
+
+def eval_epochs(epochs: int, points: int) -> list[int]:
+    """1-based epochs at which the test set is measured; always includes the last."""
+    return sorted({max(1, round(epochs * i / points)) for i in range(1, points + 1)} | {epochs})
+
+
+@dataclass
+class StudentRun:
+    seed: int
+    accuracy: float  # the last epoch's
+    curve: list[dict] = field(default_factory=list)
+
+
+def _autoaugment(images_uint8: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    try:
+        from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+    except ImportError as err:
+        raise UserError("autoaugment needs torchvision: pip install 'infoutil[vision]'") from err
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(int(torch.randint(0, 2**62, (), generator=g)))
+    try:
+        aa = AutoAugment(AutoAugmentPolicy.IMAGENET)
+        x = images_uint8 if images_uint8.shape[1] == 3 else images_uint8.expand(-1, 3, -1, -1)
+        out = torch.stack([aa(img) for img in x])
+        return out[:, : images_uint8.shape[1]]
+    finally:
+        torch.random.set_rng_state(torch_state)
+
+
+def soft_targets_static(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-image soft label from stored per-patch logits: the patches' mean (equal areas)."""
+    return torch.softmax(logits / temperature, -1).mean(1)
+
+
+def train_student(
+    distilled: DistilledSet, test: ImageDataset, teacher: torch.nn.Module | None, arch: str,
+    protocol: ProtocolConfig, seed: int, *, state_path: Path | None = None,
+    ctx: Context | None = None, progress_bar: bool = True,
+) -> StudentRun:
+    ctx = ctx or Context()
+    info = distilled.info
+    n = len(distilled)
+    ipc = distilled.ipc or max(1, n // info.num_classes)
+    factor = distilled.factor
+    if protocol.labels == "static" and distilled.logits is None:
+        raise UserError(f"{distilled.path}: has no stored labels; use the online protocol")
+    if protocol.labels == "online" and teacher is None:
+        raise UserError("online relabelling needs a teacher (--teacher)")
+    torch.manual_seed(seed)
+    model = create_model(arch, info)
+    lr = protocol.lr or STUDENT_LR.get(arch, 1e-3)
+    opt = torch.optim.AdamW(param_groups(model, protocol.weight_decay), lr=lr,
+                            betas=(0.9, 0.999))
+    bs = protocol.batch_size or rded_batch_size(ipc, info.num_classes, n)
+    steps = math.ceil(n / bs)
+    T = protocol.temperature
+    targets_static = (soft_targets_static(distilled.logits, T)
+                      if distilled.logits is not None else None)
+    checkpoints = eval_epochs(protocol.epochs, protocol.eval_points)
+    # The curve's intermediate points use a fixed, class-balanced probe of the test set; the
+    # reported number is the last epoch's accuracy on the whole test set.
+    probe = subset(test, per_class_sample(test.targets, info.num_classes,
+                                          max(1, protocol.probe_images // info.num_classes), 0))
+    save_every = max(1, protocol.epochs // 30)
+    run = StudentRun(seed, float("nan"))
+    start = 0
+    if state_path is not None and state_path.is_file():
+        start, run.curve = _load_state(state_path, model, opt)
+    ddp_model = ctx.wrap(model)
+    bar = progress(total=protocol.epochs, initial=start, desc=f"student {arch} seed {seed}",
+                   unit="epoch", enabled=progress_bar)
+    for epoch in range(start, protocol.epochs):
+        g = generator("student", seed, epoch)
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(lr, epoch, protocol.epochs, protocol.lr_floor)
+        model.train()
+        order = torch.randperm(n, generator=g)
+        loss_sum = 0.0
+        for step in range(steps):
+            idx = order[step * bs : (step + 1) * bs]
+            raw = distilled.images[idx]
+            if protocol.autoaugment:
+                raw = _autoaugment(raw, g)
+            x = to_float(raw)
+            if protocol.shuffle_patches and protocol.labels == "online":
+                x = shuffle_patches(x, factor, g)
+            if protocol.random_resized_crop and protocol.labels == "online":
+                x = random_resized_crop(x, g, scale=(1.0 / factor, 1.0))
+            if protocol.flip:
+                x = horizontal_flip(x, g)
+            if protocol.cutmix:
+                x, perm, kept = cutmix(x, g)
+            else:
+                perm, kept = torch.arange(len(idx)), 1.0
+            if protocol.labels == "online":
+                x = ctx.shard_batch(x)
+                with torch.no_grad():
+                    target = torch.softmax(teacher(x) / T, 1)
+            else:
+                p = targets_static[idx]
+                x, target = ctx.shard_batch(x, kept * p + (1 - kept) * p[perm])
+            log_p = F.log_softmax(ddp_model(x) / T, 1)
+            # batch-mean KL over the global batch: each rank's share, summed by DDP's average
+            loss = F.kl_div(log_p, target, reduction="sum") * ctx.world_size / len(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) / ctx.world_size
+        point = {"epoch": epoch + 1, "train_loss": round(loss_sum / steps, 6)}
+        if epoch + 1 == protocol.epochs:
+            point["test_accuracy"] = ctx.sharded_accuracy(model, test, protocol.eval_batch_size)
+        elif epoch + 1 in checkpoints:
+            point["probe_accuracy"] = ctx.sharded_accuracy(model, probe, protocol.eval_batch_size)
+        run.curve.append(point)
+        bar.update(1)
+        shown = point.get("test_accuracy", point.get("probe_accuracy"))
+        if shown is not None:
+            bar.set_postfix(acc=f"{shown:.4f}")
+        if state_path is not None and ctx.is_main and (
+            (epoch + 1) % save_every == 0 and epoch + 1 < protocol.epochs
+        ):
+            _save_state(state_path, epoch + 1, run.curve, model, opt)
+        ctx.barrier()
+    bar.close()
+    run.accuracy = run.curve[-1]["test_accuracy"]
+    return run
+
+
+def _save_state(path: Path, epoch: int, curve: list[dict], model, opt) -> None:
+    import json
+
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    names = {id(p): k for k, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                tensors[f"opt.{key}.{names[id(p)]}"] = torch.as_tensor(value)
+    atomic_save_tensors(path, tensors, {"epoch": str(epoch), "curve": json.dumps(curve)})
+
+
+def _load_state(path: Path, model, opt) -> tuple[int, list[dict]]:
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"{path}: unreadable resume state ({err}); use --overwrite") from err
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for name, p in model.named_parameters():
+        state = {}
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            t = tensors.get(f"opt.{key}.{name}")
+            if t is not None:
+                state[key] = t.clone()
+        if state:
+            opt.state[p] = state
+    return int(meta["epoch"]), json.loads(meta["curve"])

@@ -1,0 +1,84 @@
+"""Figures as PNG files (matplotlib, imported lazily, headless Agg backend)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from infoutil.io.atomic import atomic_write_bytes
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """PNG without a timestamp or software tag, so the same data gives the same bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_training_curves(runs: list[dict], path: Path, title: str) -> None:
+    """Test accuracy (marked points) and training loss per epoch, one colour per seed."""
+    plt = _plt()
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for run in runs:
+        curve = run["curve"]
+        pts = [(p["epoch"], 100 * p.get("test_accuracy", p.get("probe_accuracy")))
+               for p in curve if "test_accuracy" in p or "probe_accuracy" in p]
+        line, = ax_acc.plot(*zip(*pts, strict=True), marker="o", label=f"seed {run['seed']}")
+        last = curve[-1]
+        if "test_accuracy" in last:
+            ax_acc.plot([last["epoch"]], [100 * last["test_accuracy"]], marker="*",
+                        markersize=12, color=line.get_color())
+        ax_loss.plot([p["epoch"] for p in curve], [p["train_loss"] for p in curve],
+                     label=f"seed {run['seed']}")
+    ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="top-1: o probe, * full test (reported)")
+    ax_loss.set(xlabel="epoch", ylabel="KD loss", title="training loss")
+    ax_acc.grid(alpha=0.3)
+    ax_loss.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.35)
+    save_figure(fig, path)
+
+
+def plot_accuracy_vs_ipc(rows: list[dict], path: Path, title: str) -> None:
+    """Mean +- std test accuracy against IPC, one line per method."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    methods = sorted({r["method"] for r in rows})
+    for m in methods:
+        pts = sorted((r["ipc"], r["mean"], r["std"]) for r in rows if r["method"] == m
+                     and r["ipc"] is not None)
+        if not pts:
+            continue
+        ipc, mean, std = zip(*pts, strict=True)
+        ax.errorbar(ipc, [100 * v for v in mean], yerr=[100 * v for v in std], marker="o",
+                    capsize=3, label=m)
+    ax.set_xscale("log")
+    ax.set(xlabel="images per class", ylabel="test top-1 (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` -> one uint8 ``[C, H', W']`` grid, ``nrow`` images per row."""
+    n, c, h, w = images.shape
+    rows = max(1, -(-n // nrow))
+    grid = torch.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + q * (w + pad)
+        grid[:, y : y + h, x : x + w] = images[i]
+    return grid
