@@ -52,6 +52,8 @@ def teacher_train(
     lr: Optional[float] = typer.Option(None, "--lr"),
     train_per_class: Optional[int] = typer.Option(
         None, "--train-per-class", help="Train on a seeded subset of this many images per class."),
+    test_per_class: Optional[int] = typer.Option(
+        None, "--test-per-class", help="Measure accuracy on this many test images per class."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     stop_after: Optional[int] = typer.Option(
         None, "--stop-after", help="Stop after this many epochs of this invocation."),
@@ -68,6 +70,7 @@ def teacher_train(
     values = merge(read_yaml(config) if config else {}, {
         "dataset": dataset, "arch": arch, "epochs": epochs, "seed": seed,
         "batch_size": batch_size, "lr": lr, "train_per_class": train_per_class,
+        "test_per_class": test_per_class,
     })
     cfg = build_config(TeacherConfig, values, str(config or "options"))
     meta = train_teacher(cfg, out, data_root=data_root, cache_dir=cache_dir, resume=resume,

@@ -36,6 +36,7 @@ class TeacherConfig(Strict):
     seed: int = 0
     augment: bool = True  # pad-4 random crop + horizontal flip
     train_per_class: int | None = Field(None, ge=1)  # a seeded subset, for tests and demos
+    test_per_class: int | None = Field(None, ge=1)  # measure on a subset (default: all)
 
 
 class InformativenessConfig(Strict):

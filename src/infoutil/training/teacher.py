@@ -95,6 +95,9 @@ def train_teacher(
     if cfg.train_per_class is not None:
         train = subset(train, per_class_sample(train.targets, train.info.num_classes,
                                                cfg.train_per_class, cfg.seed))
+    if cfg.test_per_class is not None:
+        test = subset(test, per_class_sample(test.targets, test.info.num_classes,
+                                             cfg.test_per_class, 0))
     info = train.info
     ctx = dist_util.context()
     lock = output_lock(out_dir) if ctx.is_main else _null()
@@ -154,7 +157,7 @@ def train_teacher(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                loss_sum += float(loss) / ctx.world_size
+                loss_sum += float(loss.detach()) / ctx.world_size
                 bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}")
             bar.close()
             train_seconds = time.perf_counter() - t0

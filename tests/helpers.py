@@ -1,0 +1,24 @@
+"""Helpers for tests that drive the command line in a fresh process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
+    """Run ``python -m infoutil ...`` in a fresh process; returns the CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "infoutil", *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in proc.stderr
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])

@@ -1,0 +1,195 @@
+"""The Shapley engine: axioms, exactness, convergence, budgets, determinism."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infoutil.attribution.shapley import (
+    ESTIMATORS,
+    brute_force_shapley,
+    make_design,
+    shapley_values,
+)
+from infoutil.errors import UserError
+
+SAMPLING = ("kernel", "leverage", "permutation")
+
+
+class MobiusGame:
+    """v(S) = sum over T subset of S of a_T, with random a_T of order <= max_order.
+
+    Its Shapley values are known in closed form: phi_i = sum_{T containing i} a_T / |T|.
+    """
+
+    def __init__(self, n: int, max_order: int, seed: int, density: float = 1.0):
+        g = torch.Generator().manual_seed(seed)
+        self.n = n
+        self.terms: dict[tuple[int, ...], float] = {}
+        for k in range(1, max_order + 1):
+            for t in itertools.combinations(range(n), k):
+                if float(torch.rand((), generator=g)) <= density:
+                    self.terms[t] = float(torch.randn((), generator=g, dtype=torch.float64))
+        self.calls = 0
+        self.evaluations = 0
+
+    def __call__(self, Z: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.evaluations += Z.shape[0]
+        Zf = Z.to(torch.float64)
+        out = torch.zeros(Z.shape[0], dtype=torch.float64)
+        for t, a in self.terms.items():
+            out += a * Zf[:, list(t)].prod(1)
+        return out
+
+    def set_value(self, S: frozenset) -> float:
+        return sum(a for t, a in self.terms.items() if set(t) <= S)
+
+    def truth(self) -> torch.Tensor:
+        phi = torch.zeros(self.n, dtype=torch.float64)
+        for t, a in self.terms.items():
+            for i in t:
+                phi[i] += a / len(t)
+        return phi
+
+    def efficiency_gap(self, phi: torch.Tensor) -> float:
+        return float(phi.sum() - (self.set_value(frozenset(range(self.n)))
+                                  - self.set_value(frozenset())))
+
+
+@given(n=st.integers(2, 7), order=st.integers(1, 4), seed=st.integers(0, 10_000))
+@settings(max_examples=25, deadline=None)
+def test_exact_matches_the_textbook_formula(n, order, seed):
+    game = MobiusGame(n, min(order, n), seed)
+    phi = shapley_values(game, n, estimator="exact")
+    brute = torch.tensor(brute_force_shapley(game.set_value, n), dtype=torch.float64)
+    assert torch.allclose(phi, brute, atol=1e-10)
+    assert torch.allclose(phi, game.truth(), atol=1e-10)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@given(seed=st.integers(0, 10_000), n=st.integers(3, 9))
+@settings(max_examples=15, deadline=None)
+def test_efficiency_holds_to_float_tolerance(estimator, seed, n):
+    game = MobiusGame(n, 3, seed)
+    budget = None if estimator == "exact" else 6 * n
+    phi = shapley_values(game, n, estimator=estimator, budget=budget, seed=seed)
+    assert abs(game.efficiency_gap(phi)) < 1e-9
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_symmetry_and_dummy(estimator):
+    """Players 0 and 1 are interchangeable; player 5 never changes the value."""
+    n = 6
+
+    def v(Z):
+        Zf = Z.to(torch.float64)
+        return 2 * Zf[:, 0] + 2 * Zf[:, 1] + 3 * Zf[:, 0] * Zf[:, 1] * Zf[:, 2] + Zf[:, 3] \
+            - Zf[:, 2] * Zf[:, 4]
+
+    if estimator == "exact":
+        phi = shapley_values(v, n, estimator="exact")
+        assert float(phi[0]) == pytest.approx(float(phi[1]), abs=1e-12)
+        assert float(phi[5]) == pytest.approx(0.0, abs=1e-12)
+        return
+    # sampling estimators: symmetric and dummy in expectation (averaged over seeds)
+    draws = torch.stack([shapley_values(v, n, estimator=estimator, budget=24, seed=s)
+                         for s in range(400)])
+    se = draws.std(0) / math.sqrt(len(draws))
+    diff = draws[:, 0] - draws[:, 1]
+    assert abs(float(diff.mean())) < 4 * float(diff.std()) / math.sqrt(len(draws)) + 1e-12
+    assert abs(float(draws[:, 5].mean())) < 4 * float(se[5]) + 1e-12
+    if estimator == "permutation":  # each order gives a dummy exactly zero
+        assert shapley_values(v, n, estimator="permutation", budget=24, seed=1)[5] == 0.0
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_linearity_with_a_shared_design(estimator):
+    n = 7
+    a, b = MobiusGame(n, 3, 1), MobiusGame(n, 3, 2)
+    budget = None if estimator == "exact" else 40
+    phi_a = shapley_values(a, n, estimator=estimator, budget=budget, seed=5)
+    phi_b = shapley_values(b, n, estimator=estimator, budget=budget, seed=5)
+    phi_ab = shapley_values(lambda Z: 2.0 * a(Z) - 0.5 * b(Z), n, estimator=estimator,
+                            budget=budget, seed=5)
+    assert torch.allclose(phi_ab, 2.0 * phi_a - 0.5 * phi_b, atol=1e-10)
+
+
+@pytest.mark.parametrize("estimator,multiple", [
+    ("leverage", 4), ("leverage", 8), ("leverage", 32), ("permutation", 4),
+    ("permutation", 8), ("permutation", 32), ("kernel", 8), ("kernel", 32),
+])
+def test_paired_estimators_are_exact_on_pairwise_games(estimator, multiple):
+    """Paired designs recover games with interactions of order <= 2 exactly.
+
+    (KernelSHAP draws with replacement, so at 4n its design can miss a direction and be
+    rank-deficient; leverage's draws without replacement cannot.)
+    """
+    n = 12
+    game = MobiusGame(n, 2, seed=multiple)
+    phi = shapley_values(game, n, estimator=estimator, budget=multiple * n, seed=7)
+    assert torch.allclose(phi, game.truth(), atol=1e-9)
+
+
+def test_unpaired_third_order_game_is_not_trivially_exact():
+    """A sanity check that the test above can fail: order-3 games are not recovered."""
+    n = 12
+    game = MobiusGame(n, 3, seed=3)
+    phi = shapley_values(game, n, estimator="kernel", budget=4 * n, seed=7)
+    assert not torch.allclose(phi, game.truth(), atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["kernel", "leverage", "permutation"])
+def test_sampling_estimators_converge_to_exact(estimator):
+    n = 10
+    errors = []
+    for budget in (40, 160, 640):
+        err = 0.0
+        for seed in range(6):
+            game = MobiusGame(n, 4, seed=100 + seed, density=0.3)
+            phi = shapley_values(game, n, estimator=estimator, budget=budget, seed=seed)
+            truth = game.truth()
+            err += float(((phi - truth) ** 2).sum() / (truth**2).sum())
+        errors.append(err / 6)
+    assert errors[0] > errors[1] > errors[2]
+    slope = math.log(errors[2] / errors[0]) / math.log(640 / 40)
+    assert slope < -0.6  # error falls at least about like 1 / budget
+
+
+def test_leverage_with_the_full_budget_is_exact():
+    n = 8
+    game = MobiusGame(n, 5, seed=4)
+    phi = shapley_values(game, n, estimator="leverage", budget=2**n, seed=0)
+    assert torch.allclose(phi, game.truth(), atol=1e-9)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@given(budget=st.integers(40, 300), seed=st.integers(0, 100))
+@settings(max_examples=10, deadline=None)
+def test_the_budget_is_honoured_in_one_call(estimator, budget, seed):
+    n = 8
+    game = MobiusGame(n, 2, seed)
+    b = None if estimator == "exact" else budget
+    shapley_values(game, n, estimator=estimator, budget=b, seed=seed)
+    assert game.calls == 1
+    assert game.evaluations <= (2**n if estimator == "exact" else budget)
+
+
+def test_same_seed_same_values_other_seed_other_values():
+    game = MobiusGame(9, 3, seed=1)
+    a = shapley_values(game, 9, estimator="leverage", budget=50, seed=3)
+    b = shapley_values(game, 9, estimator="leverage", budget=50, seed=3)
+    c = shapley_values(game, 9, estimator="leverage", budget=50, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("estimator,budget", [("leverage", 10), ("kernel", 17),
+                                              ("permutation", 31), ("exact", 100)])
+def test_too_small_a_budget_is_refused_with_a_reason(estimator, budget):
+    with pytest.raises(UserError, match="budget"):
+        make_design(16, estimator, budget, torch.Generator())

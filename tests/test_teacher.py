@@ -1,0 +1,83 @@
+"""Teacher training: learns, checkpoints every epoch, resumes exactly after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from infoutil.data import DatasetInfo, load_dataset
+from infoutil.errors import UserError
+from infoutil.io.checkpoint import completed_epochs, load_teacher
+from tests.helpers import assert_one_line_error, run_cli
+
+
+def test_two_epochs_on_a_real_subset_beat_chance(fmnist_teacher):
+    assert completed_epochs(fmnist_teacher) == [1, 2]
+    meta = json.loads((fmnist_teacher / "epoch_0002.json").read_text())
+    assert meta["test_accuracy"] > 0.5  # chance is 0.1
+    for key in ("arch", "dataset", "epoch", "seed", "test_accuracy", "weights_sha256"):
+        assert key in meta
+    assert meta["dataset"]["class_names"][0] == "T-shirt/top"
+    t = load_teacher(f"{fmnist_teacher}@1")
+    assert t.epoch == 1 and t.weights_sha256 != meta["weights_sha256"]
+
+
+def test_checkpoint_must_fit_the_dataset(fmnist_teacher, data_root):
+    cifar = load_dataset("cifar10", "test", data_root).info
+    with pytest.raises(UserError, match="expects 1x28x28 inputs"):
+        load_teacher(fmnist_teacher, expect=cifar)
+    fewer = DatasetInfo("x", ("a", "b"), 28, 1, (0.5,), (0.5,))
+    with pytest.raises(UserError, match="has 10 classes"):
+        load_teacher(fmnist_teacher, expect=fewer)
+
+
+def test_changed_weights_are_detected(fmnist_teacher, tmp_path):
+    import shutil
+
+    copy = tmp_path / "t"
+    shutil.copytree(fmnist_teacher, copy)
+    raw = bytearray((copy / "epoch_0002.safetensors").read_bytes())
+    raw[-5] ^= 0xFF
+    (copy / "epoch_0002.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="do not match the hash"):
+        load_teacher(copy)
+
+
+def _train_args(out, epochs=3):
+    return ["teacher", "train", "--dataset", "fashion-mnist", "--epochs", str(epochs),
+            "--train-per-class", "30", "--test-per-class", "20", "--seed", "3", "--out",
+            str(out), "--threads", "1"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
+    whole = tmp_path / "whole"
+    assert run_cli(*_train_args(whole)).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "infoutil", *_train_args(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ))
+    deadline = time.time() + 300
+    while not (killed / "epoch_0001.json").exists():  # kill during epoch 2
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert completed_epochs(killed)[-1] < 3
+    again = run_cli(*_train_args(killed))
+    assert_one_line_error(again, "--resume")
+    assert run_cli(*_train_args(killed), "--resume").returncode == 0
+    a = json.loads((whole / "epoch_0003.json").read_text())["weights_sha256"]
+    b = json.loads((killed / "epoch_0003.json").read_text())["weights_sha256"]
+    assert a == b
+    assert (whole / "epoch_0003.safetensors").read_bytes() == (
+        killed / "epoch_0003.safetensors").read_bytes()
+    assert torch.equal(load_teacher(whole).model.net.fc.weight,
+                       load_teacher(killed).model.net.fc.weight)
