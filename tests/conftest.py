@@ -18,8 +18,9 @@ def data_root() -> Path:
         if DEBIAN_FASHION_MNIST.is_dir():
             pytest.skip("INFOUTIL_DATA is not set; only Debian's Fashion-MNIST is available")
         pytest.fail("set INFOUTIL_DATA to the folder holding cifar10/ and fashion-mnist/")
-    path = Path(root)
+    path = Path(root).resolve()
     assert path.is_dir(), f"INFOUTIL_DATA={root} does not exist"
+    os.environ["INFOUTIL_DATA"] = str(path)  # subprocesses may run from another folder
     return path
 
 
@@ -43,7 +44,8 @@ def fmnist_teacher(tmp_path_factory, data_root) -> Path:
     from infoutil.training.teacher import train_teacher
 
     out = tmp_path_factory.mktemp("teacher") / "fmnist"
-    cfg = TeacherConfig(dataset="fashion-mnist", epochs=2, train_per_class=60, seed=0,
-                        test_per_class=100)
+    cfg = TeacherConfig(
+        dataset="fashion-mnist", epochs=2, train_per_class=60, seed=0, test_per_class=100
+    )
     train_teacher(cfg, out, data_root=str(data_root), progress_bar=False)
     return out

@@ -10,8 +10,13 @@ import sys
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
     """Run ``python -m infoutil ...`` in a fresh process; returns the CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "infoutil", *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "infoutil", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 def assert_one_line_error(proc, *fragments: str) -> None:

@@ -136,8 +136,16 @@ def test_corrupt_image_names_the_file(tmp_path, cifar_sample):
 def test_bad_folders_give_one_line_errors(tmp_path, cifar_sample):
     root = _write_tree(tmp_path / "empty", cifar_sample)
     (root / "train" / "deer").mkdir()
-    proc = run_cli("teacher", "train", "--dataset", f"imagefolder:{root}", "--epochs", "1",
-                   "--out", str(tmp_path / "t"))
+    proc = run_cli(
+        "teacher",
+        "train",
+        "--dataset",
+        f"imagefolder:{root}",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "t"),
+    )
     assert_one_line_error(proc, "deer", "empty")
 
     root2 = _write_tree(tmp_path / "mismatch", cifar_sample)
@@ -166,19 +174,41 @@ def test_truncated_zip_member_fails_the_decode_and_leaves_no_cache(tmp_path, cif
     from infoutil.data.sources import _load_imagefolder_cached
 
     with pytest.raises(UserError, match=cifar_sample["train"][2][0].split("/")[-1]):
-        _load_imagefolder_cached("x", tmp_path / "c", "train", 3, 32, (0.5,) * 3, (0.2,) * 3,
-                                 cache)
+        _load_imagefolder_cached("x", tmp_path / "c", "train", 3, 32, (0.5,) * 3, (0.2,) * 3, cache)
     assert not list(cache.glob("*.npz"))  # no cache that looks complete
 
 
 def test_unknown_names_and_missing_paths(tmp_path):
-    assert_one_line_error(run_cli("teacher", "train", "--dataset", "mnist-9000", "--out",
-                                  str(tmp_path / "x")), "mnist-9000")
-    assert_one_line_error(run_cli("teacher", "train", "--dataset", "fashion-mnist", "--arch",
-                                  "vgg99", "--out", str(tmp_path / "x")), "vgg99")
-    assert_one_line_error(run_cli("teacher", "train", "--dataset", "cifar10", "--out",
-                                  str(tmp_path / "x"), "--data-root", str(tmp_path / "nope")),
-                          "does not exist")
+    assert_one_line_error(
+        run_cli("teacher", "train", "--dataset", "mnist-9000", "--out", str(tmp_path / "x")),
+        "mnist-9000",
+    )
+    assert_one_line_error(
+        run_cli(
+            "teacher",
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--arch",
+            "vgg99",
+            "--out",
+            str(tmp_path / "x"),
+        ),
+        "vgg99",
+    )
+    assert_one_line_error(
+        run_cli(
+            "teacher",
+            "train",
+            "--dataset",
+            "cifar10",
+            "--out",
+            str(tmp_path / "x"),
+            "--data-root",
+            str(tmp_path / "nope"),
+        ),
+        "does not exist",
+    )
 
 
 def test_per_class_sample_is_seeded_and_balanced():

@@ -19,8 +19,14 @@ SHAPES = {
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_forward_backward(arch, shape):
     channels, size, classes = SHAPES[shape]
-    info = DatasetInfo(shape, tuple(f"c{i}" for i in range(classes)), size, channels,
-                       (0.5,) * channels, (0.25,) * channels)
+    info = DatasetInfo(
+        shape,
+        tuple(f"c{i}" for i in range(classes)),
+        size,
+        channels,
+        (0.5,) * channels,
+        (0.25,) * channels,
+    )
     torch.manual_seed(0)
     model = create_model(arch, info)
     x = torch.rand(2, channels, size, size)

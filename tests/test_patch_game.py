@@ -55,8 +55,9 @@ def test_masked_images_match_a_naive_per_pixel_reference(game):
 def test_efficiency_against_the_teacher(game, baseline, target):
     """sum(phi) = v(all) - v(none), with v(all) the teacher on the image itself."""
     model, x, y = game
-    phi = patch_shapley(model, x, y, baseline=baseline, target=target, estimator="leverage",
-                        budget=64, seed=1)
+    phi = patch_shapley(
+        model, x, y, baseline=baseline, target=target, estimator="leverage", budget=64, seed=1
+    )
     with torch.inference_mode():
         full = model(x)
         empty = model(baseline_images(model, x, baseline, 4))
@@ -68,20 +69,26 @@ def test_efficiency_against_the_teacher(game, baseline, target):
 
 def test_zero_baseline_is_zero_at_the_network_input(game):
     model, x, _ = game
-    assert torch.allclose(model.normalize(baseline_images(model, x, "zero", 4)),
-                          torch.zeros_like(x), atol=1e-6)
+    assert torch.allclose(
+        model.normalize(baseline_images(model, x, "zero", 4)), torch.zeros_like(x), atol=1e-6
+    )
 
 
 def test_a_batch_equals_one_image_at_a_time(game):
     model, x, y = game
     batch = patch_shapley(model, x, y, estimator="leverage", budget=48, seed=3)
-    single = torch.cat([patch_shapley(model, x[i : i + 1], y[i : i + 1], estimator="leverage",
-                                      budget=48, seed=3) for i in range(len(x))])
+    single = torch.cat(
+        [
+            patch_shapley(
+                model, x[i : i + 1], y[i : i + 1], estimator="leverage", budget=48, seed=3
+            )
+            for i in range(len(x))
+        ]
+    )
     assert torch.allclose(batch, single, atol=1e-6)
     seeds = torch.tensor([11, 12, 13, 14])
     per_image = patch_shapley(model, x, y, estimator="leverage", budget=48, seed=seeds)
-    alone = patch_shapley(model, x[2:3], y[2:3], estimator="leverage", budget=48,
-                          seed=seeds[2:3])
+    alone = patch_shapley(model, x[2:3], y[2:3], estimator="leverage", budget=48, seed=seeds[2:3])
     assert torch.allclose(per_image[2], alone[0], atol=1e-6)
     chunked = patch_shapley(model, x, y, estimator="leverage", budget=48, seed=3, batch_size=7)
     assert torch.allclose(batch, chunked, atol=1e-5)
@@ -95,5 +102,8 @@ def test_patch_game_agrees_with_the_generic_engine(game):
         return patch_values(model, x[:1], y[:1], Z[None], grid=2)[0]
 
     generic = shapley_values(v, 4, estimator="exact")
-    assert torch.allclose(patch_shapley(model, x[:1], y[:1], grid=2, estimator="exact")[0]
-                          .flatten().double(), generic, atol=1e-6)
+    assert torch.allclose(
+        patch_shapley(model, x[:1], y[:1], grid=2, estimator="exact")[0].flatten().double(),
+        generic,
+        atol=1e-6,
+    )

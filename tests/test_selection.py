@@ -33,13 +33,26 @@ def test_five_crops_last_is_the_noise_free_argmax():
     maps[0, 3, 3] = 5.0  # the bottom-right window holds the information
     gens = [torch.Generator().manual_seed(0)]
     pooled = pool_map(maps, 2)
-    boxes = informative_crops(maps, noise_sigma(pooled, 2.0, "per_image"), kernel=2,
-                              num_crops=5, generators=gens, height=28, width=28)
+    boxes = informative_crops(
+        maps,
+        noise_sigma(pooled, 2.0, "per_image"),
+        kernel=2,
+        num_crops=5,
+        generators=gens,
+        height=28,
+        width=28,
+    )
     assert boxes.shape == (1, 5, 4)
     assert boxes[0, -1].tolist() == [14, 14, 14, 14]
-    no_noise = informative_crops(maps, torch.zeros(1), kernel=2, num_crops=5,
-                                 generators=[torch.Generator().manual_seed(0)], height=28,
-                                 width=28)
+    no_noise = informative_crops(
+        maps,
+        torch.zeros(1),
+        kernel=2,
+        num_crops=5,
+        generators=[torch.Generator().manual_seed(0)],
+        height=28,
+        width=28,
+    )
     assert (no_noise[0] == no_noise[0, -1]).all()  # alpha = 0: five identical crops
 
 
@@ -94,6 +107,7 @@ def test_vectorised_grad_norms_equal_the_autograd_loop(arch):
     slow = grad_norms_loop(model, x, y)
     assert torch.allclose(fast, slow, rtol=1e-3)
     last = grad_norms(model, x, y, mode="last_layer")
-    assert torch.allclose(last, grad_norms_loop(model, x, y, list(model.fc.parameters())),
-                          rtol=1e-4)
+    assert torch.allclose(
+        last, grad_norms_loop(model, x, y, list(model.fc.parameters())), rtol=1e-4
+    )
     assert (last < fast).all()  # a part of the gradient is smaller than the whole

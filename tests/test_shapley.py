@@ -58,8 +58,9 @@ class MobiusGame:
         return phi
 
     def efficiency_gap(self, phi: torch.Tensor) -> float:
-        return float(phi.sum() - (self.set_value(frozenset(range(self.n)))
-                                  - self.set_value(frozenset())))
+        return float(
+            phi.sum() - (self.set_value(frozenset(range(self.n))) - self.set_value(frozenset()))
+        )
 
 
 @given(n=st.integers(2, 7), order=st.integers(1, 4), seed=st.integers(0, 10_000))
@@ -89,8 +90,13 @@ def test_symmetry_and_dummy(estimator):
 
     def v(Z):
         Zf = Z.to(torch.float64)
-        return 2 * Zf[:, 0] + 2 * Zf[:, 1] + 3 * Zf[:, 0] * Zf[:, 1] * Zf[:, 2] + Zf[:, 3] \
+        return (
+            2 * Zf[:, 0]
+            + 2 * Zf[:, 1]
+            + 3 * Zf[:, 0] * Zf[:, 1] * Zf[:, 2]
+            + Zf[:, 3]
             - Zf[:, 2] * Zf[:, 4]
+        )
 
     if estimator == "exact":
         phi = shapley_values(v, n, estimator="exact")
@@ -98,8 +104,9 @@ def test_symmetry_and_dummy(estimator):
         assert float(phi[5]) == pytest.approx(0.0, abs=1e-12)
         return
     # sampling estimators: symmetric and dummy in expectation (averaged over seeds)
-    draws = torch.stack([shapley_values(v, n, estimator=estimator, budget=24, seed=s)
-                         for s in range(400)])
+    draws = torch.stack(
+        [shapley_values(v, n, estimator=estimator, budget=24, seed=s) for s in range(400)]
+    )
     se = draws.std(0) / math.sqrt(len(draws))
     diff = draws[:, 0] - draws[:, 1]
     assert abs(float(diff.mean())) < 4 * float(diff.std()) / math.sqrt(len(draws)) + 1e-12
@@ -115,15 +122,25 @@ def test_linearity_with_a_shared_design(estimator):
     budget = None if estimator == "exact" else 40
     phi_a = shapley_values(a, n, estimator=estimator, budget=budget, seed=5)
     phi_b = shapley_values(b, n, estimator=estimator, budget=budget, seed=5)
-    phi_ab = shapley_values(lambda Z: 2.0 * a(Z) - 0.5 * b(Z), n, estimator=estimator,
-                            budget=budget, seed=5)
+    phi_ab = shapley_values(
+        lambda Z: 2.0 * a(Z) - 0.5 * b(Z), n, estimator=estimator, budget=budget, seed=5
+    )
     assert torch.allclose(phi_ab, 2.0 * phi_a - 0.5 * phi_b, atol=1e-10)
 
 
-@pytest.mark.parametrize("estimator,multiple", [
-    ("leverage", 4), ("leverage", 8), ("leverage", 32), ("permutation", 4),
-    ("permutation", 8), ("permutation", 32), ("kernel", 8), ("kernel", 32),
-])
+@pytest.mark.parametrize(
+    "estimator,multiple",
+    [
+        ("leverage", 4),
+        ("leverage", 8),
+        ("leverage", 32),
+        ("permutation", 4),
+        ("permutation", 8),
+        ("permutation", 32),
+        ("kernel", 8),
+        ("kernel", 32),
+    ],
+)
 def test_paired_estimators_are_exact_on_pairwise_games(estimator, multiple):
     """Paired designs recover games with interactions of order <= 2 exactly.
 
@@ -188,8 +205,9 @@ def test_same_seed_same_values_other_seed_other_values():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("estimator,budget", [("leverage", 10), ("kernel", 17),
-                                              ("permutation", 31), ("exact", 100)])
+@pytest.mark.parametrize(
+    "estimator,budget", [("leverage", 10), ("kernel", 17), ("permutation", 31), ("exact", 100)]
+)
 def test_too_small_a_budget_is_refused_with_a_reason(estimator, budget):
     with pytest.raises(UserError, match="budget"):
         make_design(16, estimator, budget, torch.Generator())

@@ -51,9 +51,24 @@ def test_changed_weights_are_detected(fmnist_teacher, tmp_path):
 
 
 def _train_args(out, epochs=3):
-    return ["teacher", "train", "--dataset", "fashion-mnist", "--epochs", str(epochs),
-            "--train-per-class", "30", "--test-per-class", "20", "--seed", "3", "--out",
-            str(out), "--threads", "1"]
+    return [
+        "teacher",
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        str(epochs),
+        "--train-per-class",
+        "30",
+        "--test-per-class",
+        "20",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
 
 
 @pytest.mark.slow
@@ -61,9 +76,12 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
     whole = tmp_path / "whole"
     assert run_cli(*_train_args(whole)).returncode == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "infoutil", *_train_args(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infoutil", *_train_args(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ),
+    )
     deadline = time.time() + 300
     while not (killed / "epoch_0001.json").exists():  # kill during epoch 2
         assert time.time() < deadline and proc.poll() is None
@@ -78,6 +96,8 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
     b = json.loads((killed / "epoch_0003.json").read_text())["weights_sha256"]
     assert a == b
     assert (whole / "epoch_0003.safetensors").read_bytes() == (
-        killed / "epoch_0003.safetensors").read_bytes()
-    assert torch.equal(load_teacher(whole).model.net.fc.weight,
-                       load_teacher(killed).model.net.fc.weight)
+        killed / "epoch_0003.safetensors"
+    ).read_bytes()
+    assert torch.equal(
+        load_teacher(whole).model.net.fc.weight, load_teacher(killed).model.net.fc.weight
+    )

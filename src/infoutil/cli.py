@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -23,10 +22,14 @@ app = typer.Typer(
 teacher_app = typer.Typer(no_args_is_help=True, help="Train, check and import teachers.")
 app.add_typer(teacher_app, name="teacher")
 
-DataRoot = typer.Option(None, "--data-root", help="Folder holding the datasets "
-                        "(default: $INFOUTIL_DATA).")
-CacheDir = typer.Option(None, "--cache-dir", help="Cache for decoded archives "
-                        "(default: $INFOUTIL_CACHE or ~/.cache/infoutil).")
+DataRoot = typer.Option(
+    None, "--data-root", help="Folder holding the datasets (default: $INFOUTIL_DATA)."
+)
+CacheDir = typer.Option(
+    None,
+    "--cache-dir",
+    help="Cache for decoded archives (default: $INFOUTIL_CACHE or ~/.cache/infoutil).",
+)
 Threads = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's).")
 ConfigFile = typer.Option(None, "--config", "-c", help="YAML file of options; flags override it.")
 
@@ -42,50 +45,65 @@ def _setup(threads: int | None) -> None:
 
 @teacher_app.command("train")
 def teacher_train(
-    dataset: str = typer.Option(..., "--dataset", help="cifar10, cifar100, fashion-mnist or "
-                                "imagefolder:PATH"),
+    dataset: str = typer.Option(
+        ..., "--dataset", help="cifar10, cifar100, fashion-mnist or imagefolder:PATH"
+    ),
     arch: str = typer.Option("convnet3", "--arch"),
     epochs: int = typer.Option(10, "--epochs"),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory (one file per epoch)."),
     seed: int = typer.Option(0, "--seed"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    train_per_class: Optional[int] = typer.Option(
-        None, "--train-per-class", help="Train on a seeded subset of this many images per class."),
-    test_per_class: Optional[int] = typer.Option(
-        None, "--test-per-class", help="Measure accuracy on this many test images per class."),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    lr: float | None = typer.Option(None, "--lr"),
+    train_per_class: int | None = typer.Option(
+        None, "--train-per-class", help="Train on a seeded subset of this many images per class."
+    ),
+    test_per_class: int | None = typer.Option(
+        None, "--test-per-class", help="Measure accuracy on this many test images per class."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
-    stop_after: Optional[int] = typer.Option(
-        None, "--stop-after", help="Stop after this many epochs of this invocation."),
-    config: Optional[Path] = ConfigFile,
-    data_root: Optional[str] = DataRoot,
-    cache_dir: Optional[str] = CacheDir,
-    threads: Optional[int] = Threads,
+    stop_after: int | None = typer.Option(
+        None, "--stop-after", help="Stop after this many epochs of this invocation."
+    ),
+    config: Path | None = ConfigFile,
+    data_root: str | None = DataRoot,
+    cache_dir: str | None = CacheDir,
+    threads: int | None = Threads,
 ) -> None:
     """Train a teacher; save a checkpoint after every epoch."""
     from infoutil.config import TeacherConfig, build_config, merge, read_yaml
     from infoutil.training.teacher import train_teacher
 
     _setup(threads)
-    values = merge(read_yaml(config) if config else {}, {
-        "dataset": dataset, "arch": arch, "epochs": epochs, "seed": seed,
-        "batch_size": batch_size, "lr": lr, "train_per_class": train_per_class,
-        "test_per_class": test_per_class,
-    })
+    values = merge(
+        read_yaml(config) if config else {},
+        {
+            "dataset": dataset,
+            "arch": arch,
+            "epochs": epochs,
+            "seed": seed,
+            "batch_size": batch_size,
+            "lr": lr,
+            "train_per_class": train_per_class,
+            "test_per_class": test_per_class,
+        },
+    )
     cfg = build_config(TeacherConfig, values, str(config or "options"))
-    meta = train_teacher(cfg, out, data_root=data_root, cache_dir=cache_dir, resume=resume,
-                         stop_after=stop_after)
-    typer.echo(f"teacher {cfg.arch} on {cfg.dataset}: epoch {meta['epoch']}, test accuracy "
-               f"{meta['test_accuracy']:.4f} -> {out}")
+    meta = train_teacher(
+        cfg, out, data_root=data_root, cache_dir=cache_dir, resume=resume, stop_after=stop_after
+    )
+    typer.echo(
+        f"teacher {cfg.arch} on {cfg.dataset}: epoch {meta['epoch']}, test accuracy "
+        f"{meta['test_accuracy']:.4f} -> {out}"
+    )
 
 
 @teacher_app.command("eval")
 def teacher_eval(
     teacher: str = typer.Argument(..., help="Checkpoint: DIR, DIR@EPOCH or FILE.safetensors."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Default: the teacher's own."),
-    data_root: Optional[str] = DataRoot,
-    cache_dir: Optional[str] = CacheDir,
-    threads: Optional[int] = Threads,
+    dataset: str | None = typer.Option(None, "--dataset", help="Default: the teacher's own."),
+    data_root: str | None = DataRoot,
+    cache_dir: str | None = CacheDir,
+    threads: int | None = Threads,
 ) -> None:
     """Measure a teacher's top-1 accuracy on the real test set."""
     from infoutil.data import load_dataset
@@ -97,8 +115,10 @@ def teacher_eval(
     test = load_dataset(dataset or t.info.name, "test", data_root, cache_dir=cache_dir)
     t = load_teacher(teacher, expect=test.info)
     acc = accuracy(t.model, test)
-    typer.echo(f"{t.path}: {t.arch} epoch {t.epoch}, test accuracy {acc:.4f} "
-               f"(recorded {t.meta.get('test_accuracy')})")
+    typer.echo(
+        f"{t.path}: {t.arch} epoch {t.epoch}, test accuracy {acc:.4f} "
+        f"(recorded {t.meta.get('test_accuracy')})"
+    )
 
 
 @teacher_app.command("import")
@@ -107,8 +127,8 @@ def teacher_import(
     arch: str = typer.Option(..., "--arch"),
     dataset: str = typer.Option(..., "--dataset"),
     out: Path = typer.Option(..., "--out"),
-    data_root: Optional[str] = DataRoot,
-    cache_dir: Optional[str] = CacheDir,
+    data_root: str | None = DataRoot,
+    cache_dir: str | None = CacheDir,
 ) -> None:
     """Convert a PyTorch state dict into an infoutil teacher (loaded with weights_only=True)."""
     from infoutil.data import load_dataset
@@ -118,9 +138,19 @@ def teacher_import(
     test = load_dataset(dataset, "test", data_root, cache_dir=cache_dir)
     model = import_torch_checkpoint(checkpoint, arch, test.info)
     acc = accuracy(model, test)
-    save_teacher_epoch(out, model, {"arch": arch, "dataset": test.info.to_dict(), "epoch": 1,
-                                    "epochs": 1, "seed": None, "test_accuracy": round(acc, 6),
-                                    "imported_from": str(checkpoint)})
+    save_teacher_epoch(
+        out,
+        model,
+        {
+            "arch": arch,
+            "dataset": test.info.to_dict(),
+            "epoch": 1,
+            "epochs": 1,
+            "seed": None,
+            "test_accuracy": round(acc, 6),
+            "imported_from": str(checkpoint),
+        },
+    )
     typer.echo(f"imported {checkpoint} as {arch}: test accuracy {acc:.4f} -> {out}")
 
 
@@ -131,50 +161,76 @@ Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 @app.command()
 def distill(
-    method: str = typer.Option("infoutil", "--method",
-                               help="infoutil, rded, random, herding, kcenter or full."),
-    dataset: Optional[str] = typer.Option(None, "--dataset"),
-    teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint (DIR, DIR@EPOCH or "
-                                "FILE.safetensors) that scores candidates."),
-    ipc: Optional[int] = typer.Option(None, "--ipc", help="Images per class."),
+    method: str = typer.Option(
+        "infoutil", "--method", help="infoutil, rded, random, herding, kcenter or full."
+    ),
+    dataset: str | None = typer.Option(None, "--dataset"),
+    teacher: str = typer.Option(
+        ...,
+        "--teacher",
+        help="Teacher checkpoint (DIR, DIR@EPOCH or FILE.safetensors) that scores candidates.",
+    ),
+    ipc: int | None = typer.Option(None, "--ipc", help="Images per class."),
     out: Path = typer.Option(..., "--out"),
-    label_teacher: Optional[str] = typer.Option(
-        None, "--label-teacher", help="Checkpoint for the soft labels (default: --teacher), "
-        "e.g. an early epoch DIR@10 as the paper does at IPC 1 and 10."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    candidates_per_class: Optional[int] = typer.Option(None, "--candidates-per-class"),
-    factor: Optional[int] = typer.Option(None, "--factor", help="Patches per side of a distilled "
-                                         "image (default: 1 up to 64 px, else 2)."),
-    estimator: Optional[str] = typer.Option(None, "--estimator",
-                                            help="exact, kernel, leverage or permutation."),
-    budget: Optional[int] = typer.Option(None, "--budget",
-                                         help="Shapley evaluations per candidate."),
-    grad_norm: Optional[str] = typer.Option(None, "--grad-norm", help="full or last_layer."),
-    config: Optional[Path] = ConfigFile,
+    label_teacher: str | None = typer.Option(
+        None,
+        "--label-teacher",
+        help="Checkpoint for the soft labels (default: --teacher), "
+        "e.g. an early epoch DIR@10 as the paper does at IPC 1 and 10.",
+    ),
+    seed: int | None = typer.Option(None, "--seed"),
+    candidates_per_class: int | None = typer.Option(None, "--candidates-per-class"),
+    factor: int | None = typer.Option(
+        None,
+        "--factor",
+        help="Patches per side of a distilled image (default: 1 up to 64 px, else 2).",
+    ),
+    estimator: str | None = typer.Option(
+        None, "--estimator", help="exact, kernel, leverage or permutation."
+    ),
+    budget: int | None = typer.Option(None, "--budget", help="Shapley evaluations per candidate."),
+    grad_norm: str | None = typer.Option(None, "--grad-norm", help="full or last_layer."),
+    config: Path | None = ConfigFile,
     resume: bool = Resume,
     overwrite: bool = Overwrite,
     quiet: bool = Quiet,
-    data_root: Optional[str] = DataRoot,
-    cache_dir: Optional[str] = CacheDir,
-    threads: Optional[int] = Threads,
+    data_root: str | None = DataRoot,
+    cache_dir: str | None = CacheDir,
+    threads: int | None = Threads,
 ) -> None:
     """Distill a dataset into IPC images per class, written to --out."""
     from infoutil.config import DistillConfig, build_config, merge, read_yaml
     from infoutil.methods import distill as run_distill
 
     _setup(threads)
-    values = merge(read_yaml(config) if config else {}, {
-        "method": method, "dataset": dataset, "ipc": ipc, "seed": seed,
-        "candidates_per_class": candidates_per_class, "factor": factor,
-        "informativeness": {"estimator": estimator, "budget": budget},
-        "utility": {"grad_norm": grad_norm},
-    })
+    values = merge(
+        read_yaml(config) if config else {},
+        {
+            "method": method,
+            "dataset": dataset,
+            "ipc": ipc,
+            "seed": seed,
+            "candidates_per_class": candidates_per_class,
+            "factor": factor,
+            "informativeness": {"estimator": estimator, "budget": budget},
+            "utility": {"grad_norm": grad_norm},
+        },
+    )
     for key, flag in (("dataset", "--dataset"), ("ipc", "--ipc")):
         if key not in values:
             raise UserError(f"{flag} is required (on the command line or in --config)")
     cfg = build_config(DistillConfig, values, str(config or "options"))
-    run_distill(cfg, teacher, out, label_teacher=label_teacher, data_root=data_root,
-                cache_dir=cache_dir, resume=resume, overwrite=overwrite, progress=not quiet)
+    run_distill(
+        cfg,
+        teacher,
+        out,
+        label_teacher=label_teacher,
+        data_root=data_root,
+        cache_dir=cache_dir,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
 
 
 @app.command()
@@ -182,21 +238,22 @@ def evaluate(
     distilled: Path = typer.Argument(..., help="A distilled set written by 'infoutil distill'."),
     out: Path = typer.Option(..., "--out"),
     student: str = typer.Option("convnet3", "--student", help="Any registered model."),
-    teacher: Optional[str] = typer.Option(
-        None, "--teacher", help="Teacher that relabels online (default: the set's label "
-        "teacher)."),
-    protocol: str = typer.Option("rded", "--protocol", help="rded (online labels) or static "
-                                 "(stored per-patch labels)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    teacher: str | None = typer.Option(
+        None, "--teacher", help="Teacher that relabels online (default: the set's label teacher)."
+    ),
+    protocol: str = typer.Option(
+        "rded", "--protocol", help="rded (online labels) or static (stored per-patch labels)."
+    ),
+    epochs: int | None = typer.Option(None, "--epochs"),
     seeds: int = typer.Option(1, "--seeds", help="Train this many students (seeds 0..N-1)."),
-    autoaugment: Optional[bool] = typer.Option(None, "--autoaugment/--no-autoaugment"),
-    config: Optional[Path] = ConfigFile,
+    autoaugment: bool | None = typer.Option(None, "--autoaugment/--no-autoaugment"),
+    config: Path | None = ConfigFile,
     resume: bool = Resume,
     overwrite: bool = Overwrite,
     quiet: bool = Quiet,
-    data_root: Optional[str] = DataRoot,
-    cache_dir: Optional[str] = CacheDir,
-    threads: Optional[int] = Threads,
+    data_root: str | None = DataRoot,
+    cache_dir: str | None = CacheDir,
+    threads: int | None = Threads,
 ) -> None:
     """Train fresh students on a distilled set; report last-epoch top-1 on the real test set."""
     from infoutil.config import PROTOCOLS, ProtocolConfig, build_config, merge, read_yaml
@@ -210,9 +267,19 @@ def evaluate(
     proto = build_config(ProtocolConfig, values, str(config or "options"))
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, not {seeds}")
-    run_evaluate(distilled, out, student=student, teacher=teacher, protocol=proto,
-                 seeds=list(range(seeds)), data_root=data_root, cache_dir=cache_dir,
-                 resume=resume, overwrite=overwrite, progress=not quiet)
+    run_evaluate(
+        distilled,
+        out,
+        student=student,
+        teacher=teacher,
+        protocol=proto,
+        seeds=list(range(seeds)),
+        data_root=data_root,
+        cache_dir=cache_dir,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
 
 
 @app.command()
@@ -227,6 +294,43 @@ def compare(
     rows = run_compare(runs, out)
     typer.echo(markdown_table(rows), nl=False)
     typer.echo(f"-> {out}/results.md, results.csv")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(
+        ..., help="A distilled set, an evaluation, or a folder of them."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Default: RUN_DIR/report."),
+) -> None:
+    """Write a static report.html (figures beside it, also as PNGs for papers)."""
+    from infoutil.report.html import build_report
+
+    typer.echo(f"report: {build_report(run_dir, out)}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("infoutil-demo"), "--out"),
+    epochs: int = typer.Option(200, "--epochs", help="Student epochs per method."),
+    seeds: int = typer.Option(1, "--seeds"),
+    quiet: bool = Quiet,
+    data_root: str | None = DataRoot,
+    cache_dir: str | None = CacheDir,
+    threads: int | None = Threads,
+) -> None:
+    """Distill Fashion-MNIST (IPC 10) with infoutil and rded, evaluate both, write a report."""
+    from infoutil.demo import run_demo
+
+    _setup(threads)
+    run_demo(
+        out,
+        data_root=data_root,
+        cache_dir=cache_dir,
+        epochs=epochs,
+        seeds=seeds,
+        progress=not quiet,
+    )
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infoutil.errors import UserError
 
@@ -73,7 +73,7 @@ class RdedConfig(Strict):
 class DistillConfig(Strict):
     method: Literal["infoutil", "rded", "random", "herding", "kcenter", "full"] = "infoutil"
     dataset: str
-    ipc: int = Field(..., description="images per class")
+    ipc: int = Field(..., ge=1, description="images per class")
     seed: int = 0
     candidates_per_class: int = Field(300, ge=1)  # paper/RDED: 300
     factor: int | None = Field(None, ge=1)  # patches per side; None: 1 if <= 64 px, else 2
@@ -81,12 +81,6 @@ class DistillConfig(Strict):
     utility: UtilityConfig = UtilityConfig()
     rded: RdedConfig = RdedConfig()
     forward_batch_size: int = Field(512, ge=1)  # images per teacher forward
-
-    @model_validator(mode="after")
-    def _check_ipc(self):
-        if self.ipc < 1:
-            raise ValueError(f"ipc must be a positive number of images per class, not {self.ipc}")
-        return self
 
 
 class ProtocolConfig(Strict):
@@ -119,8 +113,9 @@ class ProtocolConfig(Strict):
 
 PROTOCOLS = {
     "rded": ProtocolConfig(),
-    "static": ProtocolConfig(name="static", labels="static", shuffle_patches=False,
-                             random_resized_crop=False),
+    "static": ProtocolConfig(
+        name="static", labels="static", shuffle_patches=False, random_resized_crop=False
+    ),
 }
 
 
@@ -157,8 +152,10 @@ def merge(base: dict, override: dict) -> dict:
     for k, v in override.items():
         if v is None:
             continue
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
+        if isinstance(v, dict):
+            nested = merge(out[k] if isinstance(out.get(k), dict) else {}, v)
+            if nested:
+                out[k] = nested
         else:
             out[k] = v
     return out

@@ -86,8 +86,9 @@ class Context:
         return box[0]
 
     @torch.inference_mode()
-    def sharded_accuracy(self, model: torch.nn.Module, dataset: ImageDataset,
-                         batch_size: int = 500) -> float:
+    def sharded_accuracy(
+        self, model: torch.nn.Module, dataset: ImageDataset, batch_size: int = 500
+    ) -> float:
         """Top-1 accuracy over the whole dataset, each rank scoring its share."""
         was_training = model.training
         model.eval()

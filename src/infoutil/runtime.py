@@ -26,11 +26,26 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def progress(iterable=None, *, desc: str, total: int | None = None, unit: str = "it",
-             enabled: bool = True, **kw):
+def progress(
+    iterable=None,
+    *,
+    desc: str,
+    total: int | None = None,
+    unit: str = "it",
+    enabled: bool = True,
+    **kw,
+):
     """A tqdm bar, silent on ranks other than 0 and when ``enabled`` is false."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False,
-                disable=not (enabled and is_main_process()), dynamic_ncols=True, **kw)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        leave=False,
+        disable=not (enabled and is_main_process()),
+        dynamic_ncols=True,
+        **kw,
+    )
 
 
 class StageTimer:
@@ -63,5 +78,7 @@ class StageTimer:
         return line
 
     def to_dict(self) -> dict:
-        return {"seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-                "teacher_forwards": dict(self.forwards)}
+        return {
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "teacher_forwards": dict(self.forwards),
+        }

@@ -55,8 +55,9 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def baseline_images(model: torch.nn.Module, images: torch.Tensor, baseline: str,
-                    grid: int) -> torch.Tensor:
+def baseline_images(
+    model: torch.nn.Module, images: torch.Tensor, baseline: str, grid: int
+) -> torch.Tensor:
     """The image each absent patch is replaced with, ``[B, C, H, W]``."""
     if baseline == "zero":
         mean = getattr(model, "mean", None)
@@ -126,12 +127,15 @@ def patch_values(
     return values.view(b, m)
 
 
-def patch_designs(n: int, estimator: str, budget: int | None,
-                  seed: int | torch.Tensor, count: int) -> list[Design]:
+def patch_designs(
+    n: int, estimator: str, budget: int | None, seed: int | torch.Tensor, count: int
+) -> list[Design]:
     """One design shared by all images (an int seed) or one per image (a tensor of seeds)."""
     if isinstance(seed, torch.Tensor):
-        return [make_design(n, estimator, budget, torch.Generator().manual_seed(int(s)))
-                for s in seed.tolist()]
+        return [
+            make_design(n, estimator, budget, torch.Generator().manual_seed(int(s)))
+            for s in seed.tolist()
+        ]
     shared = make_design(n, estimator, budget, torch.Generator().manual_seed(int(seed)))
     return [shared] * count
 
@@ -163,9 +167,18 @@ def patch_shapley(
     check_budget(n, estimator, budget)
     designs = patch_designs(n, estimator, budget, seed, len(images))
     coalitions = torch.stack([d.coalitions for d in designs])  # equal sizes: same estimator
-    values = patch_values(model, images, labels, coalitions, grid=grid, baseline=baseline,
-                          target=target, batch_size=batch_size, precision=precision,
-                          progress_bar=progress_bar).to(torch.float64)
+    values = patch_values(
+        model,
+        images,
+        labels,
+        coalitions,
+        grid=grid,
+        baseline=baseline,
+        target=target,
+        batch_size=batch_size,
+        precision=precision,
+        progress_bar=progress_bar,
+    ).to(torch.float64)
     if isinstance(seed, torch.Tensor):
         weights = torch.stack([d.weights for d in designs])  # [B, n, m]
         phi = torch.einsum("bnm,bm->bn", weights, values)

@@ -56,29 +56,38 @@ def default_budget(n: int) -> int:
 def check_budget(n: int, estimator: str, budget: int | None) -> int:
     """The budget to use; a budget too small to estimate ``n`` values is refused."""
     if estimator not in ESTIMATORS:
-        raise UserError(f"unknown Shapley estimator {estimator!r}; choose one of "
-                        f"{', '.join(ESTIMATORS)}")
+        raise UserError(
+            f"unknown Shapley estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}"
+        )
     if n < 1:
         raise UserError(f"a game needs at least one player, not {n}")
     if estimator == "exact":
         if n > MAX_EXACT_PLAYERS:
-            raise UserError(f"exact Shapley enumerates 2^{n} coalitions; use at most "
-                            f"{MAX_EXACT_PLAYERS} players or a sampling estimator")
+            raise UserError(
+                f"exact Shapley enumerates 2^{n} coalitions; use at most "
+                f"{MAX_EXACT_PLAYERS} players or a sampling estimator"
+            )
         if budget is not None and budget < 2**n:
-            raise UserError(f"exact Shapley needs 2^{n} = {2**n} evaluations but the budget is "
-                            f"{budget}; raise the budget or use a sampling estimator")
+            raise UserError(
+                f"exact Shapley needs 2^{n} = {2**n} evaluations but the budget is "
+                f"{budget}; raise the budget or use a sampling estimator"
+            )
         return 2**n
     budget = default_budget(n) if budget is None else int(budget)
     if n == 1:
         return max(budget, 2)
     minimum = 2 * n if estimator == "permutation" else n + 2
     if budget < minimum:
-        why = ("one antithetic pair of orders costs 2 + 2(n-1) evaluations"
-               if estimator == "permutation" else
-               "a least-squares estimate of n values needs the empty and full coalitions "
-               "plus at least n others")
-        raise UserError(f"Shapley budget {budget} is too small for {n} players with "
-                        f"{estimator!r}: {why}; use a budget of at least {minimum}")
+        why = (
+            "one antithetic pair of orders costs 2 + 2(n-1) evaluations"
+            if estimator == "permutation"
+            else "a least-squares estimate of n values needs the empty and full coalitions "
+            "plus at least n others"
+        )
+        raise UserError(
+            f"Shapley budget {budget} is too small for {n} players with "
+            f"{estimator!r}: {why}; use a budget of at least {minimum}"
+        )
     return budget
 
 
@@ -228,12 +237,14 @@ def _allocate(share: list[float], capacity: list[int], total: int) -> list[int]:
     return counts
 
 
-def _distinct_subsets(n: int, t: int, count: int, capacity: int, self_paired: bool,
-                      g: torch.Generator) -> list[torch.Tensor]:
+def _distinct_subsets(
+    n: int, t: int, count: int, capacity: int, self_paired: bool, g: torch.Generator
+) -> list[torch.Tensor]:
     """``count`` distinct subsets of size ``t`` (up to complement when ``self_paired``)."""
     if count >= capacity or (count * 2 >= capacity and capacity <= 200_000):
-        combos = [c for c in itertools.combinations(range(n), t)
-                  if not self_paired or 0 in c]  # one representative per complement pair
+        combos = [
+            c for c in itertools.combinations(range(n), t) if not self_paired or 0 in c
+        ]  # one representative per complement pair
         pick = torch.randperm(len(combos), generator=g)[:count].tolist()
         out = []
         for k in pick:
@@ -288,8 +299,9 @@ def regression_design(n: int, budget: int, g: torch.Generator, leverage: bool) -
             sample_weights += [1.0, 1.0]
     Z = torch.stack(rows) if rows else torch.zeros((0, n), dtype=torch.bool)
     w = torch.tensor(sample_weights, dtype=torch.float64)
-    coalitions = torch.cat([torch.zeros((1, n), dtype=torch.bool),
-                            torch.ones((1, n), dtype=torch.bool), Z])
+    coalitions = torch.cat(
+        [torch.zeros((1, n), dtype=torch.bool), torch.ones((1, n), dtype=torch.bool), Z]
+    )
     return Design(coalitions, projected_wls_weights(Z, w))
 
 

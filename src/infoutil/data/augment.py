@@ -25,8 +25,8 @@ def random_crop_flip(x: torch.Tensor, pad: int, g: torch.Generator, flip: bool =
         padded = F.pad(x, (pad, pad, pad, pad))
         oy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
         ox = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-        rows = (oy[:, None] + torch.arange(h)[None, :])  # [B, H]
-        cols = (ox[:, None] + torch.arange(w)[None, :])  # [B, W]
+        rows = oy[:, None] + torch.arange(h)[None, :]  # [B, H]
+        cols = ox[:, None] + torch.arange(w)[None, :]  # [B, W]
         bidx = torch.arange(b)[:, None, None]
         x = padded.permute(0, 2, 3, 1)[bidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     if flip:
@@ -43,7 +43,9 @@ def horizontal_flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torc
 
 
 def random_resized_crop(
-    x: torch.Tensor, g: torch.Generator, scale: tuple[float, float],
+    x: torch.Tensor,
+    g: torch.Generator,
+    scale: tuple[float, float],
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> torch.Tensor:
     """torchvision-style RandomResizedCrop to the input size, one box per image."""
@@ -68,8 +70,9 @@ def random_resized_crop(
             box = (0, 0, h, w)
         top, left, ch, cw = box
         crop = x[i : i + 1, :, top : top + ch, left : left + cw]
-        out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False,
-                               antialias=True)[0]
+        out[i] = F.interpolate(
+            crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True
+        )[0]
     return out
 
 
@@ -84,9 +87,10 @@ def shuffle_patches(x: torch.Tensor, factor: int, g: torch.Generator) -> torch.T
     b, c, h, w = x.shape
     ys = [round(i * h / factor) for i in range(factor + 1)]
     xs = [round(j * w / factor) for j in range(factor + 1)]
-    if len({ys[i + 1] - ys[i] for i in range(factor)}) > 1 or len(
-        {xs[j + 1] - xs[j] for j in range(factor)}
-    ) > 1:
+    if (
+        len({ys[i + 1] - ys[i] for i in range(factor)}) > 1
+        or len({xs[j + 1] - xs[j] for j in range(factor)}) > 1
+    ):
         return x  # unequal patches cannot be swapped in place
     ph, pw = ys[1], xs[1]
     patches = x.reshape(b, c, factor, ph, factor, pw).permute(0, 2, 4, 1, 3, 5)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from infoutil.data.base import (
@@ -132,7 +133,9 @@ def _scan_zip(zf: zipfile.ZipFile, split: str, label: str) -> dict[str, list[str
             files = classes.setdefault(parts[1], [])
             if parts[2] and not parts[2].startswith("."):
                 if Path(parts[2]).suffix.lower() not in IMAGE_SUFFIXES:
-                    raise UserError(f"{label}:{name}: not an image file; remove it from the archive")
+                    raise UserError(
+                        f"{label}:{name}: not an image file; remove it from the archive"
+                    )
                 files.append(name)
     for cls, files in classes.items():
         if not files:
@@ -154,7 +157,10 @@ def _check_same_classes(train: list[str], test: list[str], where: str) -> None:
 
 
 def _decode_all(
-    items: list[tuple[str, int]], open_item: Callable[[str], object], channels: int, size: int | None,
+    items: list[tuple[str, int]],
+    open_item: Callable[[str], object],
+    channels: int,
+    size: int | None,
     label: str,
 ) -> dict[str, np.ndarray]:
     images, labels = [], []
@@ -172,8 +178,13 @@ def _decode_all(
 
 
 def _imagefolder_arrays(
-    source: Path, split: str, class_names: list[str], classes: dict[str, list[str]],
-    channels: int, size: int | None, cache_dir: Path,
+    source: Path,
+    split: str,
+    class_names: list[str],
+    classes: dict[str, list[str]],
+    channels: int,
+    size: int | None,
+    cache_dir: Path,
 ) -> dict[str, np.ndarray]:
     items = [(f, class_names.index(c)) for c in class_names for f in classes[c]]
     key = _cache_key("imagefolder", _source_stamp(source), split, channels, size)
@@ -181,8 +192,9 @@ def _imagefolder_arrays(
     def build() -> dict[str, np.ndarray]:
         if source.is_file():
             with zipfile.ZipFile(source) as zf:
-                return _decode_all(items, lambda n: io.BytesIO(zf.read(n)), channels, size,
-                                   str(source))
+                return _decode_all(
+                    items, lambda n: io.BytesIO(zf.read(n)), channels, size, str(source)
+                )
         return _decode_all(items, lambda n: source / split / n, channels, size, str(source / split))
 
     return _cached_arrays(cache_dir, key, build)
@@ -204,7 +216,13 @@ def _find_split_sources(base: Path, name: str) -> tuple[Path, Path, str] | None:
 
 
 def _load_imagefolder_cached(
-    name: str, base: Path, split: str, channels: int, size: int | None, mean, std,
+    name: str,
+    base: Path,
+    split: str,
+    channels: int,
+    size: int | None,
+    mean,
+    std,
     cache_dir: Path,
 ) -> TensorImageDataset:
     found = _find_split_sources(base, name)
@@ -226,8 +244,9 @@ def _load_imagefolder_cached(
     arrays = _imagefolder_arrays(src, want_split, class_names, classes, channels, size, cache_dir)
     images = torch.from_numpy(arrays["images"])
     info = DatasetInfo(name, tuple(class_names), images.shape[-1], channels, mean, std)
-    return TensorImageDataset(info, split, images, torch.from_numpy(arrays["labels"]),
-                              [str(i) for i in arrays["ids"]])
+    return TensorImageDataset(
+        info, split, images, torch.from_numpy(arrays["labels"]), [str(i) for i in arrays["ids"]]
+    )
 
 
 # ---------------------------------------------------------------- CIFAR
@@ -240,7 +259,9 @@ def _download(url: str, dest: Path) -> None:
             while block := r.read(1 << 20):
                 f.write(block)
     except OSError as err:
-        raise UserError(f"cannot download {url} ({err}); fetch it by hand into {dest.parent}") from err
+        raise UserError(
+            f"cannot download {url} ({err}); fetch it by hand into {dest.parent}"
+        ) from err
 
 
 def _extract_tar(archive: Path, into: Path) -> None:
@@ -276,8 +297,14 @@ def _unpickle(path: Path) -> dict:
 
 
 def _cifar_pickle_dataset(
-    name: str, folder: Path, files: list[str], label_key: str, class_names: tuple[str, ...],
-    split: str, mean, std,
+    name: str,
+    folder: Path,
+    files: list[str],
+    label_key: str,
+    class_names: tuple[str, ...],
+    split: str,
+    mean,
+    std,
 ) -> TensorImageDataset:
     data, labels = [], []
     for fname in files:
@@ -297,8 +324,9 @@ def load_cifar10(root: Path | None, split: str, download: bool, cache_dir: Path)
     root = _need_root(root, "cifar10")
     for base in (root / "cifar10", root / "CIFAR10", root):
         if _find_split_sources(base, "cifar10") is not None:
-            ds = _load_imagefolder_cached("cifar10", base, split, 3, 32, CIFAR10_MEAN, CIFAR10_STD,
-                                          cache_dir)
+            ds = _load_imagefolder_cached(
+                "cifar10", base, split, 3, 32, CIFAR10_MEAN, CIFAR10_STD, cache_dir
+            )
             if ds.info.class_names != CIFAR10_CLASSES:
                 raise UserError(f"{base}: class folders {ds.info.class_names} are not CIFAR-10's")
             return ds
@@ -309,19 +337,29 @@ def load_cifar10(root: Path | None, split: str, download: bool, cache_dir: Path)
             "train/ + test/ folders, or cifar-10-batches-py/ (or pass --download)"
         )
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    return _cifar_pickle_dataset("cifar10", folder, files, "labels", CIFAR10_CLASSES, split,
-                                 CIFAR10_MEAN, CIFAR10_STD)
+    return _cifar_pickle_dataset(
+        "cifar10", folder, files, "labels", CIFAR10_CLASSES, split, CIFAR10_MEAN, CIFAR10_STD
+    )
 
 
 def load_cifar100(root: Path | None, split: str, download: bool, cache_dir: Path) -> ImageDataset:
     root = _need_root(root, "cifar100")
     folder = _cifar_pickle_dir(root, "cifar-100-python", CIFAR100_URL, download)
     if folder is None:
-        raise UserError(f"CIFAR-100 not found under {root}: expected cifar-100-python/ "
-                        "(or pass --download)")
+        raise UserError(
+            f"CIFAR-100 not found under {root}: expected cifar-100-python/ (or pass --download)"
+        )
     classes = tuple(_unpickle(folder / "meta")["fine_label_names"])
-    return _cifar_pickle_dataset("cifar100", folder, ["train" if split == "train" else "test"],
-                                 "fine_labels", classes, split, CIFAR100_MEAN, CIFAR100_STD)
+    return _cifar_pickle_dataset(
+        "cifar100",
+        folder,
+        ["train" if split == "train" else "test"],
+        "fine_labels",
+        classes,
+        split,
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+    )
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -349,7 +387,12 @@ def _read_idx(path: Path) -> np.ndarray:
 def _fashion_dir(root: Path | None, download: bool) -> Path:
     bases = []
     if root is not None:
-        bases += [root / "fashion-mnist", root / "fashion_mnist", root / "FashionMNIST" / "raw", root]
+        bases += [
+            root / "fashion-mnist",
+            root / "fashion_mnist",
+            root / "FashionMNIST" / "raw",
+            root,
+        ]
     bases.append(DEBIAN_FASHION_MNIST)
     for base in bases:
         if all((base / f).is_file() for pair in FASHION_FILES.values() for f in pair):
@@ -361,9 +404,13 @@ def _fashion_dir(root: Path | None, download: bool) -> Path:
                 if not (dest / f).exists():
                     _download(FASHION_MNIST_URL + f, dest / f)
         return dest
-    where = f"{root}/fashion-mnist/ or {DEBIAN_FASHION_MNIST}" if root else str(DEBIAN_FASHION_MNIST)
-    raise UserError(f"Fashion-MNIST IDX files not found in {where}; pass --data-root "
-                    "(or install Debian's dataset-fashion-mnist, or pass --download)")
+    where = (
+        f"{root}/fashion-mnist/ or {DEBIAN_FASHION_MNIST}" if root else str(DEBIAN_FASHION_MNIST)
+    )
+    raise UserError(
+        f"Fashion-MNIST IDX files not found in {where}; pass --data-root "
+        "(or install Debian's dataset-fashion-mnist, or pass --download)"
+    )
 
 
 def load_fashion_mnist(root: Path | None, split: str, download: bool, cache_dir: Path):
@@ -372,10 +419,16 @@ def load_fashion_mnist(root: Path | None, split: str, download: bool, cache_dir:
     images = _read_idx(base / img_file)
     labels = _read_idx(base / lbl_file)
     if images.ndim != 3 or len(images) != len(labels):
-        raise UserError(f"{base}: image and label files do not match ({images.shape}, {labels.shape})")
+        raise UserError(
+            f"{base}: image and label files do not match ({images.shape}, {labels.shape})"
+        )
     info = DatasetInfo("fashion-mnist", FASHION_MNIST_CLASSES, 28, 1, (0.2860,), (0.3530,))
-    return TensorImageDataset(info, split, torch.from_numpy(images.copy()).unsqueeze(1),
-                              torch.from_numpy(labels.astype(np.int64)))
+    return TensorImageDataset(
+        info,
+        split,
+        torch.from_numpy(images.copy()).unsqueeze(1),
+        torch.from_numpy(labels.astype(np.int64)),
+    )
 
 
 # ---------------------------------------------------------------- imagefolder:PATH
@@ -395,12 +448,14 @@ def load_imagefolder(path: Path, split: str, image_size: int | None) -> ImageDat
     classes = train_classes if split == "train" else test_classes
     split_dir = path / ("train" if split == "train" else test_split)
     first = split_dir / classes[class_names[0]][0]
-    probe = decode_image(first, 3, None)
-    from PIL import Image
-
-    with Image.open(first) as im:
-        channels = 1 if im.mode in ("L", "I", "I;16", "1") else 3
-    size = image_size or min(224, min(probe.shape[1:]))
+    try:
+        with Image.open(first) as im:
+            channels = 1 if im.mode in ("L", "I", "I;16", "1") else 3
+            smaller_side = min(im.size)
+    except (OSError, SyntaxError) as err:
+        raise UserError(f"{first}: cannot decode this image ({err}); replace or remove it") from err
+    # the image size: --image-size, else the first image's shorter side, at most 224
+    size = image_size or min(224, smaller_side)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.449,), (0.226,))
     info = DatasetInfo(f"imagefolder:{path}", tuple(class_names), size, channels, mean, std)
     samples = [(f, class_names.index(c)) for c in class_names for f in classes[c]]
@@ -431,8 +486,11 @@ def load_dataset(
     if name.startswith("imagefolder:"):
         return load_imagefolder(Path(name.split(":", 1)[1]).expanduser(), split, image_size)
     root = resolve_data_root(data_root)
-    loaders = {"cifar10": load_cifar10, "cifar100": load_cifar100,
-               "fashion-mnist": load_fashion_mnist}
+    loaders = {
+        "cifar10": load_cifar10,
+        "cifar100": load_cifar100,
+        "fashion-mnist": load_fashion_mnist,
+    }
     if name not in loaders:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return loaders[name](root, split, download, cache)

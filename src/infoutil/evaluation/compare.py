@@ -11,8 +11,19 @@ from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_write_bytes
 from infoutil.report.plots import plot_accuracy_vs_ipc
 
-COLUMNS = ["method", "dataset", "ipc", "student", "protocol", "epochs", "teacher_accuracy",
-           "mean", "std", "seeds", "distill_seconds"]
+COLUMNS = [
+    "method",
+    "dataset",
+    "ipc",
+    "student",
+    "protocol",
+    "epochs",
+    "teacher_accuracy",
+    "mean",
+    "std",
+    "seeds",
+    "distill_seconds",
+]
 
 
 def collect_results(paths: list[str | Path]) -> list[dict]:
@@ -32,22 +43,35 @@ def collect_results(paths: list[str | Path]) -> list[dict]:
             found.append(dict(record, source=str(f)))
     if not found:
         raise UserError("no results.json found under the given paths")
-    return sorted(found, key=lambda r: (r["dataset"], r["student"], r["method"],
-                                        r["ipc"] or 0, r["protocol"]))
+    return sorted(
+        found, key=lambda r: (r["dataset"], r["student"], r["method"], r["ipc"] or 0, r["protocol"])
+    )
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
-    return [{
-        "method": r["method"], "dataset": r["dataset"], "ipc": r["ipc"], "student": r["student"],
-        "protocol": r["protocol"], "epochs": r["epochs"],
-        "teacher_accuracy": r.get("teacher_accuracy"), "mean": r["mean"], "std": r["std"],
-        "seeds": len(r["seeds"]), "distill_seconds": r.get("distill_seconds"),
-    } for r in records]
+    return [
+        {
+            "method": r["method"],
+            "dataset": r["dataset"],
+            "ipc": r["ipc"],
+            "student": r["student"],
+            "protocol": r["protocol"],
+            "epochs": r["epochs"],
+            "teacher_accuracy": r.get("teacher_accuracy"),
+            "mean": r["mean"],
+            "std": r["std"],
+            "seeds": len(r["seeds"]),
+            "distill_seconds": r.get("distill_seconds"),
+        }
+        for r in records
+    ]
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| method | dataset | IPC | student | protocol | epochs | teacher acc. | "
-            "top-1 (%) mean +- std | seeds | distill time (s) |")
+    head = (
+        "| method | dataset | IPC | student | protocol | epochs | teacher acc. | "
+        "top-1 (%) mean +- std | seeds | distill time (s) |"
+    )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         teacher = "-" if r["teacher_accuracy"] is None else f"{100 * r['teacher_accuracy']:.1f}"
@@ -55,7 +79,8 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['method']} | {r['dataset']} | {r['ipc'] if r['ipc'] is not None else 'all'} | "
             f"{r['student']} | {r['protocol']} | {r['epochs']} | {teacher} | "
-            f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} | {r['seeds']} | {dist} |")
+            f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} | {r['seeds']} | {dist} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -70,9 +95,14 @@ def compare(paths: list[str | Path], out: str | Path) -> list[dict]:
     atomic_write_bytes(out / "results.md", markdown_table(rows).encode())
     for dataset in sorted({r["dataset"] for r in rows}):
         for student in sorted({r["student"] for r in rows if r["dataset"] == dataset}):
-            subset = [r for r in rows if r["dataset"] == dataset and r["student"] == student
-                      and r["ipc"] is not None]
+            subset = [
+                r
+                for r in rows
+                if r["dataset"] == dataset and r["student"] == student and r["ipc"] is not None
+            ]
             if subset:
-                name = f"accuracy_vs_ipc_{dataset}_{student}.png".replace(":", "_").replace("/", "_")
+                name = f"accuracy_vs_ipc_{dataset}_{student}.png".replace(":", "_").replace(
+                    "/", "_"
+                )
                 plot_accuracy_vs_ipc(subset, out / name, f"{dataset}, student {student}")
     return rows

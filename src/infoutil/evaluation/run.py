@@ -57,8 +57,12 @@ def evaluate(
     relabeller = load_teacher(teacher_spec)
     check_teacher_fits(relabeller.info, distilled.info, str(teacher_spec))
     config = {
-        "command": "evaluate", "distilled": str(distilled_dir), "student": student,
-        "teacher": str(teacher_spec), "protocol": protocol.model_dump(), "seeds": seeds,
+        "command": "evaluate",
+        "distilled": str(distilled_dir),
+        "student": student,
+        "teacher": str(teacher_spec),
+        "protocol": protocol.model_dump(),
+        "seeds": seeds,
     }
     with contextlib.ExitStack() as stack:
         if ctx.is_main:
@@ -75,31 +79,53 @@ def evaluate(
                 runs.append(StudentRun(seed, saved["accuracy"], saved["curve"]))
                 continue
             state = stage / f"seed_{seed}_state.safetensors"
-            run = train_student(distilled, test, relabeller.model, student, protocol, seed,
-                                state_path=state, ctx=ctx, progress_bar=progress)
+            run = train_student(
+                distilled,
+                test,
+                relabeller.model,
+                student,
+                protocol,
+                seed,
+                state_path=state,
+                ctx=ctx,
+                progress_bar=progress,
+            )
             if ctx.is_main:
-                atomic_write_json(record, {"seed": seed, "accuracy": run.accuracy,
-                                           "curve": run.curve})
+                atomic_write_json(
+                    record, {"seed": seed, "accuracy": run.accuracy, "curve": run.curve}
+                )
                 state.unlink(missing_ok=True)
             runs.append(run)
         results = _results(distilled, relabeller, student, protocol, runs, config, start)
         if ctx.is_main:
             atomic_write_json(stage / "results.json", results)
-            plot_training_curves([{"seed": r.seed, "curve": r.curve} for r in runs],
-                                 stage / "curve.png",
-                                 f"{results['method']} {results['dataset']} ipc={results['ipc']}"
-                                 f" -> {student} ({protocol.name}, {protocol.epochs} epochs)")
+            plot_training_curves(
+                [{"seed": r.seed, "curve": r.curve} for r in runs],
+                stage / "curve.png",
+                f"{results['method']} {results['dataset']} ipc={results['ipc']}"
+                f" -> {student} ({protocol.name}, {protocol.epochs} epochs)",
+            )
             finish_output(stage, out)
         ctx.barrier()
     if ctx.is_main and progress:
-        print(f"{results['method']} {results['dataset']} ipc={results['ipc']} {student}: "
-              f"{100 * results['mean']:.2f} +- {100 * results['std']:.2f} "
-              f"(last epoch, {len(seeds)} seed(s)) -> {out / 'results.json'}", flush=True)
+        print(
+            f"{results['method']} {results['dataset']} ipc={results['ipc']} {student}: "
+            f"{100 * results['mean']:.2f} +- {100 * results['std']:.2f} "
+            f"(last epoch, {len(seeds)} seed(s)) -> {out / 'results.json'}",
+            flush=True,
+        )
     return results
 
 
-def _results(distilled, relabeller, student: str, protocol: ProtocolConfig,
-             runs: list[StudentRun], config: dict, start: float) -> dict:
+def _results(
+    distilled,
+    relabeller,
+    student: str,
+    protocol: ProtocolConfig,
+    runs: list[StudentRun],
+    config: dict,
+    start: float,
+) -> dict:
     accs = [r.accuracy for r in runs]
     n = len(distilled)
     ipc = distilled.ipc
@@ -113,8 +139,10 @@ def _results(distilled, relabeller, student: str, protocol: ProtocolConfig,
         "student": student,
         "protocol": protocol.name,
         "epochs": protocol.epochs,
-        "batch_size": protocol.batch_size or rded_batch_size(
-            ipc or max(1, n // distilled.info.num_classes), distilled.info.num_classes, n),
+        "batch_size": protocol.batch_size
+        or rded_batch_size(
+            ipc or max(1, n // distilled.info.num_classes), distilled.info.num_classes, n
+        ),
         "teacher_accuracy": relabeller.meta.get("test_accuracy"),
         "teacher": relabeller.describe(),
         "distill_teacher": distilled.manifest.get("teacher"),
@@ -126,6 +154,9 @@ def _results(distilled, relabeller, student: str, protocol: ProtocolConfig,
         "distill_seconds": distilled.stats.get("total_seconds"),
         "evaluate_seconds": round(time.perf_counter() - start, 2),
         "curves": [{"seed": r.seed, "curve": r.curve} for r in runs],
-        "config": dict(config, protocol_config=protocol.model_dump(),
-                       distill_config=distilled.manifest.get("config")),
+        "config": dict(
+            config,
+            protocol_config=protocol.model_dump(),
+            distill_config=distilled.manifest.get("config"),
+        ),
     }

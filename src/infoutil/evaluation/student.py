@@ -84,9 +84,16 @@ def soft_targets_static(logits: torch.Tensor, temperature: float) -> torch.Tenso
 
 
 def train_student(
-    distilled: DistilledSet, test: ImageDataset, teacher: torch.nn.Module | None, arch: str,
-    protocol: ProtocolConfig, seed: int, *, state_path: Path | None = None,
-    ctx: Context | None = None, progress_bar: bool = True,
+    distilled: DistilledSet,
+    test: ImageDataset,
+    teacher: torch.nn.Module | None,
+    arch: str,
+    protocol: ProtocolConfig,
+    seed: int,
+    *,
+    state_path: Path | None = None,
+    ctx: Context | None = None,
+    progress_bar: bool = True,
 ) -> StudentRun:
     ctx = ctx or Context()
     info = distilled.info
@@ -100,26 +107,35 @@ def train_student(
     torch.manual_seed(seed)
     model = create_model(arch, info)
     lr = protocol.lr or STUDENT_LR.get(arch, 1e-3)
-    opt = torch.optim.AdamW(param_groups(model, protocol.weight_decay), lr=lr,
-                            betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(param_groups(model, protocol.weight_decay), lr=lr, betas=(0.9, 0.999))
     bs = protocol.batch_size or rded_batch_size(ipc, info.num_classes, n)
     steps = math.ceil(n / bs)
     T = protocol.temperature
-    targets_static = (soft_targets_static(distilled.logits, T)
-                      if distilled.logits is not None else None)
+    targets_static = (
+        soft_targets_static(distilled.logits, T) if distilled.logits is not None else None
+    )
     checkpoints = eval_epochs(protocol.epochs, protocol.eval_points)
     # The curve's intermediate points use a fixed, class-balanced probe of the test set; the
     # reported number is the last epoch's accuracy on the whole test set.
-    probe = subset(test, per_class_sample(test.targets, info.num_classes,
-                                          max(1, protocol.probe_images // info.num_classes), 0))
+    probe = subset(
+        test,
+        per_class_sample(
+            test.targets, info.num_classes, max(1, protocol.probe_images // info.num_classes), 0
+        ),
+    )
     save_every = max(1, protocol.epochs // 30)
     run = StudentRun(seed, float("nan"))
     start = 0
     if state_path is not None and state_path.is_file():
         start, run.curve = _load_state(state_path, model, opt)
     ddp_model = ctx.wrap(model)
-    bar = progress(total=protocol.epochs, initial=start, desc=f"student {arch} seed {seed}",
-                   unit="epoch", enabled=progress_bar)
+    bar = progress(
+        total=protocol.epochs,
+        initial=start,
+        desc=f"student {arch} seed {seed}",
+        unit="epoch",
+        enabled=progress_bar,
+    )
     for epoch in range(start, protocol.epochs):
         g = generator("student", seed, epoch)
         for group in opt.param_groups:
@@ -167,8 +183,10 @@ def train_student(
         shown = point.get("test_accuracy", point.get("probe_accuracy"))
         if shown is not None:
             bar.set_postfix(acc=f"{shown:.4f}")
-        if state_path is not None and ctx.is_main and (
-            (epoch + 1) % save_every == 0 and epoch + 1 < protocol.epochs
+        if (
+            state_path is not None
+            and ctx.is_main
+            and ((epoch + 1) % save_every == 0 and epoch + 1 < protocol.epochs)
         ):
             _save_state(state_path, epoch + 1, run.curve, model, opt)
         ctx.barrier()

@@ -127,8 +127,10 @@ def load_teacher(spec: str | Path, expect: DatasetInfo | None = None) -> Teacher
     if meta.get("format") != TEACHER_FORMAT:
         raise UserError(f"{meta_path}: not an infoutil teacher (format {meta.get('format')!r})")
     if tensors_sha256(state) != meta.get("weights_sha256"):
-        raise UserError(f"{weights}: weights do not match the hash in {meta_path.name}; "
-                        "the file is corrupt or was changed")
+        raise UserError(
+            f"{weights}: weights do not match the hash in {meta_path.name}; "
+            "the file is corrupt or was changed"
+        )
     info = DatasetInfo.from_dict(meta["dataset"])
     if expect is not None:
         check_teacher_fits(info, expect, str(weights))
@@ -143,8 +145,10 @@ def load_teacher(spec: str | Path, expect: DatasetInfo | None = None) -> Teacher
 
 def check_teacher_fits(have: DatasetInfo, want: DatasetInfo, where: str) -> None:
     if have.num_classes != want.num_classes:
-        raise UserError(f"{where}: teacher has {have.num_classes} classes but dataset "
-                        f"{want.name} has {want.num_classes}; use a teacher trained on it")
+        raise UserError(
+            f"{where}: teacher has {have.num_classes} classes but dataset "
+            f"{want.name} has {want.num_classes}; use a teacher trained on it"
+        )
     if have.channels != want.channels or have.image_size != want.image_size:
         raise UserError(
             f"{where}: teacher expects {have.channels}x{have.image_size}x{have.image_size} "
@@ -152,8 +156,10 @@ def check_teacher_fits(have: DatasetInfo, want: DatasetInfo, where: str) -> None
             f"{want.image_size}; use a teacher trained on it"
         )
     if tuple(have.class_names) != tuple(want.class_names):
-        raise UserError(f"{where}: teacher's class order {list(have.class_names)[:4]}... differs "
-                        f"from dataset {want.name}'s {list(want.class_names)[:4]}...")
+        raise UserError(
+            f"{where}: teacher's class order {list(have.class_names)[:4]}... differs "
+            f"from dataset {want.name}'s {list(want.class_names)[:4]}..."
+        )
 
 
 def import_torch_checkpoint(path: Path, arch: str, info: DatasetInfo) -> Classifier:

@@ -73,24 +73,30 @@ def prepare_output(out: Path, *, resume: bool, overwrite: bool, config: dict) ->
     stage = staging_dir(out)
     if out.exists() and not overwrite:
         what = "a finished output" if (out / COMPLETE).is_file() else "something"
-        raise UserError(f"{out}: already holds {what}; pass --overwrite to replace it, "
-                        "or choose another --out")
+        raise UserError(
+            f"{out}: already holds {what}; pass --overwrite to replace it, or choose another --out"
+        )
     if stage.exists():
         if overwrite:
             shutil.rmtree(stage)
         elif not resume:
-            raise UserError(f"{stage}: an interrupted run left this; pass --resume to continue "
-                            "it, or --overwrite to start again")
+            raise UserError(
+                f"{stage}: an interrupted run left this; pass --resume to continue "
+                "it, or --overwrite to start again"
+            )
         else:
             saved = stage / "config.json"
             if saved.is_file() and json.loads(saved.read_text()) != config:
-                raise UserError(f"{stage}: --resume with different options than the "
-                                "interrupted run; use the same options, or --overwrite")
+                raise UserError(
+                    f"{stage}: --resume with different options than the "
+                    "interrupted run; use the same options, or --overwrite"
+                )
     try:
         stage.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserError(f"{out}: cannot create the output here ({err.strerror}); "
-                        "choose a writable --out") from err
+        raise UserError(
+            f"{out}: cannot create the output here ({err.strerror}); choose a writable --out"
+        ) from err
     atomic_write_json(stage / "config.json", config)
     return stage
 
@@ -98,8 +104,7 @@ def prepare_output(out: Path, *, resume: bool, overwrite: bool, config: dict) ->
 def finish_output(stage: Path, out: Path) -> None:
     """Write the completion marker, then rename the staging directory into place."""
     files = sorted(p for p in stage.rglob("*") if p.is_file())
-    sums = {str(p.relative_to(stage)): sha256_file(p) for p in files
-            if p.name not in VARYING_FILES}
+    sums = {str(p.relative_to(stage)): sha256_file(p) for p in files if p.name not in VARYING_FILES}
     atomic_write_json(stage / COMPLETE, {"format": DISTILLED_FORMAT, "sha256": sums})
     old = None
     if out.exists():
@@ -110,9 +115,16 @@ def finish_output(stage: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_distilled_files(stage: Path, info: DatasetInfo, images: torch.Tensor,
-                          labels: torch.Tensor, logits: torch.Tensor | None, manifest: dict,
-                          scores: dict[str, torch.Tensor], stats: dict) -> None:
+def write_distilled_files(
+    stage: Path,
+    info: DatasetInfo,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    logits: torch.Tensor | None,
+    manifest: dict,
+    scores: dict[str, torch.Tensor],
+    stats: dict,
+) -> None:
     """Write everything but the completion marker into ``stage``."""
     per_class: dict[int, int] = {}
     entries = manifest["images"]
@@ -171,8 +183,10 @@ def verify_complete(path: Path) -> dict:
         raise UserError(f"{path}: no distilled set here{hint}")
     marker = path / COMPLETE
     if not marker.is_file():
-        raise UserError(f"{path}: incomplete distilled set (no {COMPLETE}); the run that wrote "
-                        "it did not finish, rerun it with --resume")
+        raise UserError(
+            f"{path}: incomplete distilled set (no {COMPLETE}); the run that wrote "
+            "it did not finish, rerun it with --resume"
+        )
     try:
         done = json.loads(marker.read_text())
     except json.JSONDecodeError as err:
@@ -186,8 +200,13 @@ def verify_complete(path: Path) -> dict:
     return done
 
 
-def load_distilled(path: str | os.PathLike, *, verify: bool = True,
-                   data_root: str | None = None, cache_dir: str | None = None) -> DistilledSet:
+def load_distilled(
+    path: str | os.PathLike,
+    *,
+    verify: bool = True,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+) -> DistilledSet:
     """Open a distilled set; an incomplete or corrupted directory is refused in one line.
 
     The ``full`` baseline stores no images: it names the whole training set, which is loaded
@@ -201,8 +220,9 @@ def load_distilled(path: str | os.PathLike, *, verify: bool = True,
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"{path}/manifest.json: missing or corrupt ({err})") from err
     if manifest.get("format") != DISTILLED_FORMAT:
-        raise UserError(f"{path}: not an infoutil distilled set (format "
-                        f"{manifest.get('format')!r})")
+        raise UserError(
+            f"{path}: not an infoutil distilled set (format {manifest.get('format')!r})"
+        )
     info = DatasetInfo.from_dict(manifest["dataset"])
     stats = {}
     if (path / "run_stats.json").is_file():
@@ -229,5 +249,6 @@ def load_distilled(path: str | os.PathLike, *, verify: bool = True,
             raise UserError(f"{f}: cannot read this image ({err})") from err
         images.append(arr.unsqueeze(0) if arr.dim() == 2 else arr.permute(2, 0, 1))
     stacked = torch.stack(images).contiguous()
-    return DistilledSet(stacked, tensors["labels"], tensors.get("logits"), manifest, info,
-                        path, stats)
+    return DistilledSet(
+        stacked, tensors["labels"], tensors.get("logits"), manifest, info, path, stats
+    )

@@ -73,14 +73,17 @@ def distill(
             stack.enter_context(output_lock(out))
         try:
             if ctx.is_main:
-                stage = prepare_output(out, resume=resume, overwrite=overwrite,
-                                       config=_run_config(cfg, teacher, label_teacher))
+                stage = prepare_output(
+                    out,
+                    resume=resume,
+                    overwrite=overwrite,
+                    config=_run_config(cfg, teacher, label_teacher),
+                )
             ctx.barrier()
             mc = MethodContext(cfg, train, judge, store_root, timer, ctx, progress)
             selection = None if cfg.method == "full" else METHODS[cfg.method](mc)
             if ctx.is_main:
-                _write(stage, out, cfg, train, judge, labeller, selection, timer, start,
-                       mc.factor)
+                _write(stage, out, cfg, train, judge, labeller, selection, timer, start, mc.factor)
         except BaseException:
             # Scores are kept in the store; a half-written output is not left behind.
             if stage is not None and stage.exists():
@@ -91,12 +94,26 @@ def distill(
 
 
 def _run_config(cfg: DistillConfig, teacher, label_teacher) -> dict:
-    return {"command": "distill", "config": cfg.model_dump(), "teacher": str(teacher),
-            "label_teacher": None if label_teacher is None else str(label_teacher)}
+    return {
+        "command": "distill",
+        "config": cfg.model_dump(),
+        "teacher": str(teacher),
+        "label_teacher": None if label_teacher is None else str(label_teacher),
+    }
 
 
-def _write(stage: Path, out: Path, cfg: DistillConfig, train, judge: Teacher, labeller: Teacher,
-           selection: Selection | None, timer: StageTimer, start: float, factor: int) -> None:
+def _write(
+    stage: Path,
+    out: Path,
+    cfg: DistillConfig,
+    train,
+    judge: Teacher,
+    labeller: Teacher,
+    selection: Selection | None,
+    timer: StageTimer,
+    start: float,
+    factor: int,
+) -> None:
     info = train.info
     manifest = {
         "format": DISTILLED_FORMAT,
@@ -112,10 +129,16 @@ def _write(stage: Path, out: Path, cfg: DistillConfig, train, judge: Teacher, la
     if selection is None:  # the full training set, relabelled online by the teacher
         manifest.update(full_training_set=True, factor=1, num_images=len(train))
         with timer.stage("write"):
-            write_distilled_files(stage, info, torch.empty((0, info.channels, 1, 1),
-                                                           dtype=torch.uint8),
-                                  torch.empty(0, dtype=torch.int64), None, manifest, {},
-                                  _stats(timer, start))
+            write_distilled_files(
+                stage,
+                info,
+                torch.empty((0, info.channels, 1, 1), dtype=torch.uint8),
+                torch.empty(0, dtype=torch.int64),
+                None,
+                manifest,
+                {},
+                _stats(timer, start),
+            )
             finish_output(stage, out)
         return
     with timer.stage("assemble"):
@@ -125,12 +148,16 @@ def _write(stage: Path, out: Path, cfg: DistillConfig, train, judge: Teacher, la
     timer.count("soft labels", logits.shape[0] * logits.shape[1])
     manifest.update(factor=selection.factor, num_images=len(images), images=entries)
     with timer.stage("write"):
-        write_distilled_files(stage, info, images, labels, logits, manifest, selection.scores,
-                              _stats(timer, start))
+        write_distilled_files(
+            stage, info, images, labels, logits, manifest, selection.scores, _stats(timer, start)
+        )
         finish_output(stage, out)
     n_candidates = len(selection.scores.get("candidates", []))
-    print(f"distilled {cfg.method} {info.name} ipc={cfg.ipc} -> {out} | "
-          + timer.summary(n_candidates or None), flush=True)
+    print(
+        f"distilled {cfg.method} {info.name} ipc={cfg.ipc} -> {out} | "
+        + timer.summary(n_candidates or None),
+        flush=True,
+    )
 
 
 def _stats(timer: StageTimer, start: float) -> dict:

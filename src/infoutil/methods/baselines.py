@@ -69,22 +69,35 @@ def _coreset(mc: MethodContext, pick) -> Selection:
     def feature_chunk(sl: slice) -> dict[str, torch.Tensor]:
         return {"features": model.features(to_float(train.get_batch(candidates[sl])))}
 
-    feats = chunked_scores(mc, mc.store("features", seed=cfg.seed), candidates, feature_chunk,
-                           desc="features", forwards_per_item=1)["features"].to(torch.float64)
+    feats = chunked_scores(
+        mc,
+        mc.store("features", seed=cfg.seed),
+        candidates,
+        feature_chunk,
+        desc="features",
+        forwards_per_item=1,
+    )["features"].to(torch.float64)
     check_finite(feats, "features", mc.teacher)
     cand_class = train.targets[candidates]
-    check_supply([int((cand_class == c).sum()) for c in range(info.num_classes)], cfg.ipc, info,
-                 "candidates", "lower --ipc or raise --candidates-per-class")
+    check_supply(
+        [int((cand_class == c).sum()) for c in range(info.num_classes)],
+        cfg.ipc,
+        info,
+        "candidates",
+        "lower --ipc or raise --candidates-per-class",
+    )
     box, patches = full_box(info), []
     selected = torch.zeros(len(candidates), dtype=torch.bool)
     for c in range(info.num_classes):
         members = torch.nonzero(cand_class == c).flatten()
         order = pick(feats[members], cfg.ipc)
         selected[members[order]] = True
-        patches.append([Patch(int(candidates[members[i]]), box, {"rank": r})
-                        for r, i in enumerate(order)])
-    return Selection(patches, 1, {"candidates": candidates, "candidate_labels": cand_class,
-                                  "selected": selected})
+        patches.append(
+            [Patch(int(candidates[members[i]]), box, {"rank": r}) for r, i in enumerate(order)]
+        )
+    return Selection(
+        patches, 1, {"candidates": candidates, "candidate_labels": cand_class, "selected": selected}
+    )
 
 
 def select_herding(mc: MethodContext) -> Selection:

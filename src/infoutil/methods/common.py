@@ -67,9 +67,14 @@ class MethodContext:
         return self.factor**2
 
     def store(self, stage: str, **key) -> ScoreStore:
-        parts = {"stage": stage, "dataset": self.train.info.name,
-                 "classes": list(self.train.info.class_names), "train_size": len(self.train),
-                 "teacher": self.teacher.weights_sha256, **key}
+        parts = {
+            "stage": stage,
+            "dataset": self.train.info.name,
+            "classes": list(self.train.info.class_names),
+            "train_size": len(self.train),
+            "teacher": self.teacher.weights_sha256,
+            **key,
+        }
         return ScoreStore(self.store_root, stage, parts)
 
 
@@ -86,14 +91,17 @@ def check_supply(counts: list[int], need: int, info, what: str, fix: str) -> Non
     """Every class must offer ``need`` items; the error names the first class that cannot."""
     for c, have in enumerate(counts):
         if have < need:
-            raise UserError(f"class {info.class_names[c]!r} has only {have} {what} but {need} "
-                            f"are needed; {fix}")
+            raise UserError(
+                f"class {info.class_names[c]!r} has only {have} {what} but {need} are needed; {fix}"
+            )
 
 
 def check_finite(t: torch.Tensor, what: str, teacher: Teacher) -> None:
     if not torch.isfinite(t).all():
-        raise UserError(f"{teacher.path}: the teacher produced NaN or Inf {what}; "
-                        "the checkpoint is broken, retrain or pick another epoch")
+        raise UserError(
+            f"{teacher.path}: the teacher produced NaN or Inf {what}; "
+            "the checkpoint is broken, retrain or pick another epoch"
+        )
 
 
 class ScoreStore:
@@ -135,9 +143,14 @@ class ScoreStore:
 
 
 def chunked_scores(
-    mc: MethodContext, store: ScoreStore, candidates: torch.Tensor,
-    compute: Callable[[slice], dict[str, torch.Tensor]], *, desc: str,
-    chunk_size: int = 64, forwards_per_item: int = 0,
+    mc: MethodContext,
+    store: ScoreStore,
+    candidates: torch.Tensor,
+    compute: Callable[[slice], dict[str, torch.Tensor]],
+    *,
+    desc: str,
+    chunk_size: int = 64,
+    forwards_per_item: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Score ``candidates`` in fixed chunks, each saved when done; ranks split the chunks.
 
@@ -150,8 +163,12 @@ def chunked_scores(
     n_chunks = math.ceil(len(candidates) / chunk_size)
     mine = list(range(mc.dist.rank, n_chunks, mc.dist.world_size))
     results: dict[int, dict[str, torch.Tensor]] = {}
-    bar = progress(total=sum(len(candidates[i * chunk_size:(i + 1) * chunk_size]) for i in mine),
-                   desc=desc, unit="img", enabled=mc.progress)
+    bar = progress(
+        total=sum(len(candidates[i * chunk_size : (i + 1) * chunk_size]) for i in mine),
+        desc=desc,
+        unit="img",
+        enabled=mc.progress,
+    )
     computed = 0
     with mc.timer.stage(desc):
         for i in mine:
@@ -187,12 +204,14 @@ def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def cell_slices(size: int, factor: int) -> list[tuple[slice, slice]]:
     """Row-major cells of a ``factor x factor`` canvas (remainder pixels spread as RDED does)."""
     b = patch_bounds(size, factor)
-    return [(slice(b[r], b[r + 1]), slice(b[q], b[q + 1]))
-            for r in range(factor) for q in range(factor)]
+    return [
+        (slice(b[r], b[r + 1]), slice(b[q], b[q + 1])) for r in range(factor) for q in range(factor)
+    ]
 
 
-def assemble(train: ImageDataset, selection: Selection, ipc: int) -> tuple[torch.Tensor,
-                                                                           torch.Tensor, list]:
+def assemble(
+    train: ImageDataset, selection: Selection, ipc: int
+) -> tuple[torch.Tensor, torch.Tensor, list]:
     """Stitch each class's ranked patches, ``factor^2`` consecutive ones per image.
 
     Returns uint8 images ``[N, C, H, W]``, labels ``[N]`` and one manifest entry per image.
@@ -209,28 +228,41 @@ def assemble(train: ImageDataset, selection: Selection, ipc: int) -> tuple[torch
             for p, (patch, src) in enumerate(zip(group, sources, strict=True)):
                 top, left, h, w = patch.box
                 ys, xs = cells[p]
-                canvas[:, ys, xs] = resize_to(src[:, top : top + h, left : left + w],
-                                              (ys.stop - ys.start, xs.stop - xs.start))
+                canvas[:, ys, xs] = resize_to(
+                    src[:, top : top + h, left : left + w], (ys.stop - ys.start, xs.stop - xs.start)
+                )
             images.append(canvas.mul(255).round().clamp(0, 255).to(torch.uint8))
             labels.append(c)
-            entries.append({
-                "class": c,
-                "patches": [{"source_index": p.source, "source_id": train.source_id(p.source),
-                             "box": list(p.box), **p.provenance} for p in group],
-            })
+            entries.append(
+                {
+                    "class": c,
+                    "patches": [
+                        {
+                            "source_index": p.source,
+                            "source_id": train.source_id(p.source),
+                            "box": list(p.box),
+                            **p.provenance,
+                        }
+                        for p in group
+                    ],
+                }
+            )
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64), entries
 
 
 @torch.inference_mode()
-def soft_labels(label_teacher: Teacher, images: torch.Tensor, factor: int,
-                batch_size: int = 256) -> torch.Tensor:
+def soft_labels(
+    label_teacher: Teacher, images: torch.Tensor, factor: int, batch_size: int = 256
+) -> torch.Tensor:
     """Per-patch logits ``[N, factor^2, C]``: each cell of each image, resized to the input
     size, through the label teacher (the student sees the same pixels)."""
     size = images.shape[-1]
     cells = cell_slices(size, factor)
-    crops = torch.stack([resize_to(to_float(images[:, :, ys, xs]), (size, size))
-                         for ys, xs in cells], 1)  # [N, k, C, H, W]
+    crops = torch.stack(
+        [resize_to(to_float(images[:, :, ys, xs]), (size, size)) for ys, xs in cells], 1
+    )  # [N, k, C, H, W]
     flat = crops.flatten(0, 1)
-    out = torch.cat([label_teacher.model(flat[i : i + batch_size])
-                     for i in range(0, len(flat), batch_size)])
+    out = torch.cat(
+        [label_teacher.model(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)]
+    )
     return out.view(len(images), len(cells), -1).float()

@@ -54,42 +54,79 @@ def select(mc: MethodContext) -> Selection:
     @torch.inference_mode()
     def score_chunk(sl: slice) -> dict[str, torch.Tensor]:
         idx = candidates[sl]
-        boxes = torch.tensor([[random_square_box(size, cfg.rded.min_scale,
-                                                 generator("rded", cfg.seed, int(i), j))
-                               for j in range(k)] for i in idx.tolist()])
+        boxes = torch.tensor(
+            [
+                [
+                    random_square_box(
+                        size, cfg.rded.min_scale, generator("rded", cfg.seed, int(i), j)
+                    )
+                    for j in range(k)
+                ]
+                for i in idx.tolist()
+            ]
+        )
         images = to_float(train.get_batch(idx)).repeat_interleave(k, 0)
         crops = crop_and_resize(images, boxes.flatten(0, 1), (patch, patch), "resize")
         if f > 1:
-            crops = crop_and_resize(crops, torch.tensor([[0, 0, patch, patch]] * len(crops)),
-                                    (size, size), "pad", fill)
+            crops = crop_and_resize(
+                crops, torch.tensor([[0, 0, patch, patch]] * len(crops)), (size, size), "pad", fill
+            )
         else:
             crops = resize_to(crops, (size, size))
         y = train.targets[idx].repeat_interleave(k)
-        losses = torch.cat([
-            F.cross_entropy(model(crops[s : s + cfg.forward_batch_size]),
-                            y[s : s + cfg.forward_batch_size], reduction="none")
-            for s in range(0, len(crops), cfg.forward_batch_size)
-        ]).to(torch.float64)
+        losses = torch.cat(
+            [
+                F.cross_entropy(
+                    model(crops[s : s + cfg.forward_batch_size]),
+                    y[s : s + cfg.forward_batch_size],
+                    reduction="none",
+                )
+                for s in range(0, len(crops), cfg.forward_batch_size)
+            ]
+        ).to(torch.float64)
         return {"boxes": boxes, "loss": losses.view(len(idx), k)}
 
-    scored = chunked_scores(mc, mc.store("rded", seed=cfg.seed, num_crops=k, factor=f,
-                                         min_scale=cfg.rded.min_scale),
-                            candidates, score_chunk, desc="rded scoring", forwards_per_item=k)
+    scored = chunked_scores(
+        mc,
+        mc.store("rded", seed=cfg.seed, num_crops=k, factor=f, min_scale=cfg.rded.min_scale),
+        candidates,
+        score_chunk,
+        desc="rded scoring",
+        forwards_per_item=k,
+    )
     boxes, losses = scored["boxes"], scored["loss"]
     check_finite(losses, "losses", mc.teacher)
     best = losses.argmin(1)  # the first minimum: deterministic
     best_loss = losses.gather(1, best[:, None])[:, 0]
     need = f * f * cfg.ipc
     cand_class = train.targets[candidates]
-    check_supply([int((cand_class == c).sum()) for c in range(info.num_classes)], need, info,
-                 "candidates", "lower --ipc or raise --candidates-per-class")
+    check_supply(
+        [int((cand_class == c).sum()) for c in range(info.num_classes)],
+        need,
+        info,
+        "candidates",
+        "lower --ipc or raise --candidates-per-class",
+    )
     ranked = top_k_per_class(best_loss, cand_class, need, info.num_classes, descending=False)
-    patches = [[Patch(int(candidates[i]), tuple(boxes[i, best[i]].tolist()),
-                      {"crop": int(best[i]), "loss": float(best_loss[i])})
-                for i in picked.tolist()] for picked in ranked]
+    patches = [
+        [
+            Patch(
+                int(candidates[i]),
+                tuple(boxes[i, best[i]].tolist()),
+                {"crop": int(best[i]), "loss": float(best_loss[i])},
+            )
+            for i in picked.tolist()
+        ]
+        for picked in ranked
+    ]
     selected = torch.zeros(len(candidates), dtype=torch.bool)
     for picked in ranked:
         selected[picked] = True
-    scores = {"candidates": candidates, "candidate_labels": cand_class, "boxes": boxes,
-              "loss": losses, "selected": selected}
+    scores = {
+        "candidates": candidates,
+        "candidate_labels": cand_class,
+        "boxes": boxes,
+        "loss": losses,
+        "selected": selected,
+    }
     return Selection(patches, f, scores)

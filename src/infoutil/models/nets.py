@@ -19,8 +19,9 @@ class ConvNet(nn.Module):
     works at any input size.
     """
 
-    def __init__(self, channels: int, num_classes: int, image_size: int, depth: int = 3,
-                 width: int = 128):
+    def __init__(
+        self, channels: int, num_classes: int, image_size: int, depth: int = 3, width: int = 128
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         size, in_ch = image_size, channels
@@ -101,13 +102,16 @@ class ResNet(nn.Module):
         super().__init__()
         if image_size <= 64:
             self.stem = nn.Sequential(
-                nn.Conv2d(channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
+                nn.Conv2d(channels, 64, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(64),
                 nn.ReLU(inplace=True),
             )
         else:
             self.stem = nn.Sequential(
-                nn.Conv2d(channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+                nn.Conv2d(channels, 64, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
             )
         in_planes = 64
         stages = []
@@ -139,12 +143,17 @@ class InvertedResidual(nn.Module):
         hidden = inp * expand
         layers: list[nn.Module] = []
         if expand != 1:
-            layers += [nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
-                       nn.ReLU6(inplace=True)]
+            layers += [
+                nn.Conv2d(inp, hidden, 1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU6(inplace=True),
+            ]
         layers += [
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-            nn.Conv2d(hidden, out, 1, bias=False), nn.BatchNorm2d(out),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, out, 1, bias=False),
+            nn.BatchNorm2d(out),
         ]
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and inp == out
@@ -157,14 +166,22 @@ class MobileNetV2(nn.Module):
     """MobileNet-V2 (width 1.0). For inputs of 64 px and below the stem and the first
     stride-2 stage use stride 1, the usual CIFAR adaptation, so small images keep their detail."""
 
-    CONFIG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-              (6, 160, 3, 2), (6, 320, 1, 1)]
+    CONFIG = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
 
     def __init__(self, channels: int, num_classes: int, image_size: int):
         super().__init__()
         small = image_size <= 64
         layers: list[nn.Module] = [
-            nn.Conv2d(channels, 32, 3, 1 if small else 2, 1, bias=False), nn.BatchNorm2d(32),
+            nn.Conv2d(channels, 32, 3, 1 if small else 2, 1, bias=False),
+            nn.BatchNorm2d(32),
             nn.ReLU6(inplace=True),
         ]
         inp = 32
@@ -175,7 +192,11 @@ class MobileNetV2(nn.Module):
                     stride = 1
                 layers.append(InvertedResidual(inp, c, stride, t))
                 inp = c
-        layers += [nn.Conv2d(inp, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6(inplace=True)]
+        layers += [
+            nn.Conv2d(inp, 1280, 1, bias=False),
+            nn.BatchNorm2d(1280),
+            nn.ReLU6(inplace=True),
+        ]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = 1280

@@ -33,16 +33,29 @@ def plot_training_curves(runs: list[dict], path: Path, title: str) -> None:
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.4))
     for run in runs:
         curve = run["curve"]
-        pts = [(p["epoch"], 100 * p.get("test_accuracy", p.get("probe_accuracy")))
-               for p in curve if "test_accuracy" in p or "probe_accuracy" in p]
-        line, = ax_acc.plot(*zip(*pts, strict=True), marker="o", label=f"seed {run['seed']}")
+        pts = [
+            (p["epoch"], 100 * p.get("test_accuracy", p.get("probe_accuracy")))
+            for p in curve
+            if "test_accuracy" in p or "probe_accuracy" in p
+        ]
+        (line,) = ax_acc.plot(*zip(*pts, strict=True), marker="o", label=f"seed {run['seed']}")
         last = curve[-1]
         if "test_accuracy" in last:
-            ax_acc.plot([last["epoch"]], [100 * last["test_accuracy"]], marker="*",
-                        markersize=12, color=line.get_color())
-        ax_loss.plot([p["epoch"] for p in curve], [p["train_loss"] for p in curve],
-                     label=f"seed {run['seed']}")
-    ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="top-1: o probe, * full test (reported)")
+            ax_acc.plot(
+                [last["epoch"]],
+                [100 * last["test_accuracy"]],
+                marker="*",
+                markersize=12,
+                color=line.get_color(),
+            )
+        ax_loss.plot(
+            [p["epoch"] for p in curve],
+            [p["train_loss"] for p in curve],
+            label=f"seed {run['seed']}",
+        )
+    ax_acc.set(
+        xlabel="epoch", ylabel="test top-1 (%)", title="top-1: o probe, * full test (reported)"
+    )
     ax_loss.set(xlabel="epoch", ylabel="KD loss", title="training loss")
     ax_acc.grid(alpha=0.3)
     ax_loss.grid(alpha=0.3)
@@ -58,13 +71,22 @@ def plot_accuracy_vs_ipc(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     methods = sorted({r["method"] for r in rows})
     for m in methods:
-        pts = sorted((r["ipc"], r["mean"], r["std"]) for r in rows if r["method"] == m
-                     and r["ipc"] is not None)
+        pts = sorted(
+            (r["ipc"], r["mean"], r["std"])
+            for r in rows
+            if r["method"] == m and r["ipc"] is not None
+        )
         if not pts:
             continue
         ipc, mean, std = zip(*pts, strict=True)
-        ax.errorbar(ipc, [100 * v for v in mean], yerr=[100 * v for v in std], marker="o",
-                    capsize=3, label=m)
+        ax.errorbar(
+            ipc,
+            [100 * v for v in mean],
+            yerr=[100 * v for v in std],
+            marker="o",
+            capsize=3,
+            label=m,
+        )
     ax.set_xscale("log")
     ax.set(xlabel="images per class", ylabel="test top-1 (%)", title=title)
     ax.grid(alpha=0.3)

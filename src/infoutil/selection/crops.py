@@ -33,15 +33,17 @@ def noise_sigma(pooled: torch.Tensor, alpha: float, mode: str) -> torch.Tensor:
     return alpha * std
 
 
-def crop_cells(pooled: torch.Tensor, sigma: torch.Tensor, num_crops: int,
-               generators: list[torch.Generator]) -> torch.Tensor:
+def crop_cells(
+    pooled: torch.Tensor, sigma: torch.Tensor, num_crops: int, generators: list[torch.Generator]
+) -> torch.Tensor:
     """Pooled cells ``[B, num_crops]`` (row-major index): noisy argmaxes, then the clean one."""
     b = pooled.shape[0]
     flat = pooled.flatten(1)
     cells = torch.empty((b, num_crops), dtype=torch.int64)
     for i in range(b):
-        noise = torch.randn((num_crops - 1, flat.shape[1]), generator=generators[i],
-                            dtype=torch.float64)
+        noise = torch.randn(
+            (num_crops - 1, flat.shape[1]), generator=generators[i], dtype=torch.float64
+        )
         noisy = flat[i][None, :] + sigma[i] * noise
         cells[i, : num_crops - 1] = noisy.argmax(1)  # argmax returns the first maximum
         cells[i, num_crops - 1] = flat[i].argmax()
@@ -59,9 +61,16 @@ def cell_boxes(cells: torch.Tensor, grid: int, kernel: int, height: int, width: 
     return torch.stack([top, left, bottom - top, right - left], dim=-1)
 
 
-def informative_crops(shapley_maps: torch.Tensor, sigma: torch.Tensor, *, kernel: int,
-                      num_crops: int, generators: list[torch.Generator], height: int,
-                      width: int) -> torch.Tensor:
+def informative_crops(
+    shapley_maps: torch.Tensor,
+    sigma: torch.Tensor,
+    *,
+    kernel: int,
+    num_crops: int,
+    generators: list[torch.Generator],
+    height: int,
+    width: int,
+) -> torch.Tensor:
     """Crop boxes ``[B, num_crops, 4]`` for candidates with the given Shapley maps.
 
     ``sigma`` is the noise scale per candidate (see :func:`noise_sigma`).
@@ -71,8 +80,13 @@ def informative_crops(shapley_maps: torch.Tensor, sigma: torch.Tensor, *, kernel
     return cell_boxes(cells, grid, kernel, height, width)
 
 
-def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int],
-                    mode: str = "resize", fill: torch.Tensor | None = None) -> torch.Tensor:
+def crop_and_resize(
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    size: tuple[int, int],
+    mode: str = "resize",
+    fill: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Cut ``boxes`` ``[B, 4]`` out of ``images`` ``[B, C, H, W]`` and fit them to ``size``.
 
     ``resize``: bilinear (antialiased) to the full size. ``pad``: the crop unscaled, centred on
@@ -85,12 +99,16 @@ def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, 
         crop = img[:, top : top + bh, left : left + bw]
         if mode == "resize":
             if (bh, bw) != (h, w):
-                crop = F.interpolate(crop[None], size=(h, w), mode="bilinear",
-                                     align_corners=False, antialias=True)[0]
+                crop = F.interpolate(
+                    crop[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True
+                )[0]
             out.append(crop)
         elif mode == "pad":
-            canvas = (fill.reshape(-1, 1, 1).expand(img.shape[0], h, w).clone()
-                      if fill is not None else torch.zeros((img.shape[0], h, w), dtype=img.dtype))
+            canvas = (
+                fill.reshape(-1, 1, 1).expand(img.shape[0], h, w).clone()
+                if fill is not None
+                else torch.zeros((img.shape[0], h, w), dtype=img.dtype)
+            )
             y0, x0 = (h - bh) // 2, (w - bw) // 2
             canvas[:, y0 : y0 + bh, x0 : x0 + bw] = crop
             out.append(canvas)

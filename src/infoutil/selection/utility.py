@@ -15,8 +15,14 @@ from torch.func import functional_call, grad, vmap
 from infoutil.models import Classifier
 
 
-def grad_norms(model: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
-               mode: str = "full", batch_size: int = 64) -> torch.Tensor:
+def grad_norms(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mode: str = "full",
+    batch_size: int = 64,
+) -> torch.Tensor:
     """Per-sample gradient norms ``[B]`` (float64) of the hard-label cross-entropy."""
     model.eval()  # running statistics for batch norm: each sample's gradient is its own
     if mode == "last_layer":
@@ -42,8 +48,9 @@ def grad_norms(model: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
 
 
 @torch.inference_mode()
-def last_layer_grad_norms(model: Classifier, images: torch.Tensor, labels: torch.Tensor,
-                          batch_size: int = 256) -> torch.Tensor:
+def last_layer_grad_norms(
+    model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size]
@@ -55,8 +62,12 @@ def last_layer_grad_norms(model: Classifier, images: torch.Tensor, labels: torch
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
 
 
-def grad_norms_loop(model: Classifier, images: torch.Tensor, labels: torch.Tensor,
-                    params: list[torch.nn.Parameter] | None = None) -> torch.Tensor:
+def grad_norms_loop(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    params: list[torch.nn.Parameter] | None = None,
+) -> torch.Tensor:
     """The plain reference: one backward pass per sample (slow; for tests)."""
     model.eval()
     params = list(model.parameters()) if params is None else params
@@ -68,8 +79,9 @@ def grad_norms_loop(model: Classifier, images: torch.Tensor, labels: torch.Tenso
     return torch.stack(norms)
 
 
-def top_k_per_class(scores: torch.Tensor, classes: torch.Tensor, k: int,
-                    num_classes: int, descending: bool = True) -> list[torch.Tensor]:
+def top_k_per_class(
+    scores: torch.Tensor, classes: torch.Tensor, k: int, num_classes: int, descending: bool = True
+) -> list[torch.Tensor]:
     """For each class, the indices of its ``k`` best scores, best first.
 
     Ties go to the lower index (a stable sort), so the selection is deterministic.

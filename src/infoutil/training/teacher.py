@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from infoutil import distributed as dist_util
 from infoutil.config import TeacherConfig
 from infoutil.data import load_dataset, per_class_sample, subset
 from infoutil.data.augment import random_crop_flip, to_float
@@ -23,7 +24,6 @@ from infoutil.io.atomic import atomic_save_tensors, atomic_write_json, dumps_jso
 from infoutil.io.checkpoint import completed_epochs, epoch_paths, save_teacher_epoch
 from infoutil.io.lock import output_lock
 from infoutil.models import Classifier, create_model
-from infoutil import distributed as dist_util
 from infoutil.runtime import generator, is_main_process, progress
 
 
@@ -33,8 +33,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def cosine_lr(base: float, step: int, total: int, floor: float = 0.0) -> float:
@@ -65,8 +67,10 @@ def _load_optimizer(out_dir: Path, epoch: int, model, opt) -> None:
 
     path = _state_path(out_dir, epoch)
     if not path.is_file():
-        raise UserError(f"{path}: optimizer state for epoch {epoch} is missing; cannot resume "
-                        "exactly (start again with another --out)")
+        raise UserError(
+            f"{path}: optimizer state for epoch {epoch} is missing; cannot resume "
+            "exactly (start again with another --out)"
+        )
     tensors = load_file(str(path))
     for name, p in model.named_parameters():
         key = f"momentum.{name}"
@@ -93,11 +97,14 @@ def train_teacher(
     train = load_dataset(cfg.dataset, "train", data_root, cache_dir=cache_dir)
     test = load_dataset(cfg.dataset, "test", data_root, cache_dir=cache_dir)
     if cfg.train_per_class is not None:
-        train = subset(train, per_class_sample(train.targets, train.info.num_classes,
-                                               cfg.train_per_class, cfg.seed))
+        train = subset(
+            train,
+            per_class_sample(train.targets, train.info.num_classes, cfg.train_per_class, cfg.seed),
+        )
     if cfg.test_per_class is not None:
-        test = subset(test, per_class_sample(test.targets, test.info.num_classes,
-                                             cfg.test_per_class, 0))
+        test = subset(
+            test, per_class_sample(test.targets, test.info.num_classes, cfg.test_per_class, 0)
+        )
     info = train.info
     ctx = dist_util.context()
     lock = output_lock(out_dir) if ctx.is_main else _null()
@@ -105,27 +112,33 @@ def train_teacher(
         done = completed_epochs(out_dir)
         config_path = out_dir / "config.json"
         if done and not resume:
-            raise UserError(f"{out_dir}: already holds teacher checkpoints (epochs {done[0]}.."
-                            f"{done[-1]}); pass --resume to continue, or choose another --out")
+            raise UserError(
+                f"{out_dir}: already holds teacher checkpoints (epochs {done[0]}.."
+                f"{done[-1]}); pass --resume to continue, or choose another --out"
+            )
         if resume and config_path.is_file():
             saved = json.loads(config_path.read_text())
             if saved != cfg.model_dump():
-                raise UserError(f"{out_dir}: --resume with a different config than the run "
-                                "that wrote it; use the same options or another --out")
+                raise UserError(
+                    f"{out_dir}: --resume with a different config than the run "
+                    "that wrote it; use the same options or another --out"
+                )
         if ctx.is_main:
             atomic_write_json(config_path, cfg.model_dump())
 
         torch.manual_seed(cfg.seed)
         model: Classifier = create_model(cfg.arch, info)
-        opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                              momentum=cfg.momentum)
+        opt = torch.optim.SGD(
+            param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
+        )
         start = 0
         if resume and done:
             from infoutil.io.checkpoint import load_teacher
 
             start = done[-1]
-            model.load_state_dict(load_teacher(out_dir / f"epoch_{start:04d}.safetensors")
-                                  .model.state_dict())
+            model.load_state_dict(
+                load_teacher(out_dir / f"epoch_{start:04d}.safetensors").model.state_dict()
+            )
             _load_optimizer(out_dir, start, model, opt)
         if start >= cfg.epochs:
             return json.loads(epoch_paths(out_dir, start)[1].read_text())
@@ -141,8 +154,12 @@ def train_teacher(
             model.train()
             g = generator("teacher", cfg.seed, epoch)
             order = torch.randperm(n, generator=g)
-            bar = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                           unit="batch", enabled=progress_bar)
+            bar = progress(
+                range(steps_per_epoch),
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                unit="batch",
+                enabled=progress_bar,
+            )
             loss_sum = 0.0
             for step in bar:
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
@@ -178,15 +195,25 @@ def train_teacher(
                 seconds = time.perf_counter() - t0
                 rate = n / train_seconds
                 with open(out_dir / "train_log.jsonl", "ab") as f:
-                    f.write(dumps_json({"epoch": epoch + 1, "test_accuracy": acc,
-                                        "seconds": round(seconds, 2),
-                                        "train_seconds": round(train_seconds, 2),
-                                        "train_images_per_second": round(rate, 1),
-                                        "loss": loss_sum / steps_per_epoch}).replace(b"\n", b"")
-                            + b"\n")
+                    f.write(
+                        dumps_json(
+                            {
+                                "epoch": epoch + 1,
+                                "test_accuracy": acc,
+                                "seconds": round(seconds, 2),
+                                "train_seconds": round(train_seconds, 2),
+                                "train_images_per_second": round(rate, 1),
+                                "loss": loss_sum / steps_per_epoch,
+                            }
+                        ).replace(b"\n", b"")
+                        + b"\n"
+                    )
                 if is_main_process() and progress_bar:
-                    print(f"epoch {epoch + 1}/{cfg.epochs}: test accuracy {acc:.4f}, "
-                          f"{seconds:.0f}s (training {rate:.0f} images/s)", flush=True)
+                    print(
+                        f"epoch {epoch + 1}/{cfg.epochs}: test accuracy {acc:.4f}, "
+                        f"{seconds:.0f}s (training {rate:.0f} images/s)",
+                        flush=True,
+                    )
             ctx.barrier()
         return meta
 

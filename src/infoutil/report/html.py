@@ -1,0 +1,317 @@
+"""``infoutil report RUN_DIR``: one static ``report.html`` with its figures beside it.
+
+RUN_DIR is a distilled set, an evaluation, or any folder holding several of them (the demo's).
+The report shows, for each distilled set: the images per class; for InfoUtil, sample candidates
+with their Shapley heatmap, pooled map and the five crop boxes (the noise-free one marked), and
+the gradient-norm distribution per class with the selection threshold; the run's config, teacher,
+seed, and time and forward passes per stage. With evaluations: the accuracy table and a plot
+against IPC per method (mean +- std). Every figure is also a PNG under ``report/figures/``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from infoutil.errors import UserError
+from infoutil.evaluation.compare import collect_results, markdown_table, summary_rows
+from infoutil.io.atomic import atomic_write_bytes
+from infoutil.io.distilled import load_distilled
+from infoutil.report.plots import _plt, image_grid, plot_accuracy_vs_ipc, save_figure
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+h3{margin-top:1.4em}table{border-collapse:collapse;margin:1em 0;font-size:.92em}
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#f4f4f4}
+img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}
+figcaption{color:#555;font-size:.9em}code,pre{background:#f6f6f6;font-size:.85em}
+pre{padding:.6em;overflow-x:auto;max-height:28em}.note{color:#555}
+nav a{margin-right:1em}
+"""
+
+
+def _find(run_dir: Path, name: str) -> list[Path]:
+    if (run_dir / name).is_file():
+        return [run_dir]
+    return sorted(p.parent for p in run_dir.rglob(name) if "report" not in p.parts)
+
+
+def distilled_grid_figure(ds, path: Path) -> None:
+    """Rows: classes; columns: that class's distilled images (up to 10)."""
+    plt = _plt()
+    names = ds.info.class_names
+    per_class = [torch.nonzero(ds.labels == c).flatten()[:10] for c in range(len(names))]
+    cols = max(len(p) for p in per_class)
+    rows = [image_grid(ds.images[p], cols) for p in per_class]
+    fig, axes = plt.subplots(len(names), 1, figsize=(1.0 * cols + 1.6, 1.05 * len(names)))
+    axes = [axes] if len(names) == 1 else axes
+    for ax, grid, name in zip(axes, rows, names, strict=True):
+        img = grid.permute(1, 2, 0).numpy()
+        ax.imshow(img[:, :, 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(f"{ds.method}: {len(ds)} images, {ds.ipc} per class, factor {ds.factor}")
+    save_figure(fig, path)
+
+
+def candidates_figure(scores: dict, info, path: Path, max_rows: int = 10) -> None:
+    """Per sampled candidate: image + Shapley heatmap, pooled map with its argmax, the crops."""
+    plt = _plt()
+    sample = scores["sample"].tolist()[: max_rows * 2][::2][:max_rows]  # one per class
+    rows = len(sample)
+    fig, axes = plt.subplots(rows, 3, figsize=(7.2, 2.3 * rows))
+    axes = axes.reshape(rows, 3)
+    for r, pos in enumerate(sample):
+        k = scores["sample"].tolist().index(pos)
+        img = scores["sample_images"][k].permute(1, 2, 0).numpy()
+        img = img[:, :, 0] if img.shape[2] == 1 else img
+        smap = scores["shapley"][pos].numpy()
+        pooled = scores["pooled"][pos].numpy()
+        size = img.shape[0]
+        label = info.class_names[int(scores["candidate_labels"][pos])]
+        ax = axes[r, 0]
+        ax.imshow(img, cmap="gray")
+        lim = max(abs(smap).max(), 1e-12)
+        ax.imshow(
+            smap,
+            cmap="RdBu_r",
+            alpha=0.55,
+            vmin=-lim,
+            vmax=lim,
+            extent=(-0.5, size - 0.5, size - 0.5, -0.5),
+            interpolation="nearest",
+        )
+        ax.set_title(f"{label}: Shapley map", fontsize=8)
+        ax = axes[r, 1]
+        im = ax.imshow(pooled, cmap="viridis")
+        i, j = divmod(int(pooled.argmax()), pooled.shape[1])
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+        ax.set_title("pooled map (red: argmax)", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        ax = axes[r, 2]
+        ax.imshow(img, cmap="gray")
+        boxes = scores["boxes"][pos].tolist()
+        norms = scores["grad_norm"][pos].tolist()
+        chosen = scores["selected"][pos].tolist()
+        for c, (top, left, h, w) in enumerate(boxes):
+            clean = c == len(boxes) - 1
+            ax.add_patch(
+                plt.Rectangle(
+                    (left - 0.5 + c * 0.4, top - 0.5 + c * 0.4),
+                    w,
+                    h,
+                    fill=False,
+                    ec="red" if clean else "orange",
+                    lw=2.5 if clean else 1.2,
+                    ls="-" if clean else "--",
+                )
+            )
+        picked = sum(chosen)
+        ax.set_title(
+            f"5 crops (red: noise-free); {picked} selected\n"
+            f"grad norms {', '.join(f'{n:.1f}' for n in norms if n == n)}",
+            fontsize=7,
+        )
+        for a in axes[r]:
+            a.set_xticks([])
+            a.set_yticks([])
+    save_figure(fig, path)
+
+
+def grad_norm_figure(scores: dict, info, path: Path) -> None:
+    """Histogram of crop gradient norms per class; the line is the selection threshold."""
+    plt = _plt()
+    norms = scores["grad_norm"]
+    cls = scores["candidate_labels"][:, None].expand_as(norms)
+    sel = scores["selected"]
+    n = info.num_classes
+    cols = min(5, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), squeeze=False)
+    for c in range(n):
+        ax = axes[c // cols][c % cols]
+        mine = norms[(cls == c) & ~torch.isnan(norms)]
+        picked = norms[(cls == c) & sel]
+        ax.hist(mine.numpy(), bins=30, color="#8aa")
+        if len(picked):
+            ax.axvline(float(picked.min()), color="red", lw=1.5)
+        ax.set_title(info.class_names[c], fontsize=8)
+        ax.tick_params(labelsize=7)
+    for c in range(n, rows * cols):
+        axes[c // cols][c % cols].axis("off")
+    fig.suptitle(
+        "crop gradient norms per class (red: selection threshold, keep the right)", fontsize=9
+    )
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _table(d: dict) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in d.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def _figure(rel: str, caption: str) -> str:
+    return (
+        f'<figure><img src="{html.escape(rel)}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.html`` and its PNG figures; returns the HTML path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    out = Path(out) if out else run_dir / "report"
+    figs = out / "figures"
+    sets = _find(run_dir, "manifest.json")
+    evals = _find(run_dir, "results.json")
+    if not sets and not evals:
+        raise UserError(
+            f"{run_dir}: holds no distilled set (manifest.json) or evaluation (results.json)"
+        )
+    parts = [f"<h1>infoutil report: {html.escape(run_dir.name)}</h1>"]
+    nav = []
+    if evals:
+        records = collect_results(evals)
+        rows = summary_rows(records)
+        nav.append('<a href="#results">results</a>')
+        body = [
+            '<h2 id="results">Evaluation results</h2>',
+            '<p class="note">Top-1 on the real test set, the last epoch of each student, '
+            "mean +- std over seeds.</p>",
+            _md_table_to_html(markdown_table(rows)),
+        ]
+        groups = sorted({(r["dataset"], r["student"]) for r in rows})
+        for dataset, student in groups:
+            subset = [
+                r
+                for r in rows
+                if (r["dataset"], r["student"]) == (dataset, student) and r["ipc"] is not None
+            ]
+            name = f"accuracy_{dataset}_{student}.png".replace(":", "_").replace("/", "_")
+            plot_accuracy_vs_ipc(subset, figs / name, f"{dataset}, student {student}")
+            body.append(
+                _figure(
+                    f"figures/{name}",
+                    f"accuracy against IPC, {dataset}, student {student} (mean +- std)",
+                )
+            )
+        for rec in records:
+            curve = Path(rec["source"]).parent / "curve.png"
+            if curve.is_file():
+                name = f"curve_{rec['method']}_{rec['ipc']}_{rec['student']}.png"
+                atomic_write_bytes(figs / name, curve.read_bytes())
+                body.append(
+                    _figure(
+                        f"figures/{name}",
+                        f"training curve: {rec['method']} IPC {rec['ipc']} -> {rec['student']}",
+                    )
+                )
+        parts += body
+    for d in sets:
+        ds = load_distilled(d, verify=True) if not _is_full(d) else None
+        manifest = json.loads((d / "manifest.json").read_text())
+        anchor = f"set-{manifest['method']}-{manifest['ipc']}"
+        nav.append(
+            f'<a href="#{anchor}">{html.escape(manifest["method"])} IPC {manifest["ipc"]}</a>'
+        )
+        parts.append(
+            f'<h2 id="{anchor}">Distilled set: {html.escape(manifest["method"])}, '
+            f"{html.escape(manifest['dataset']['name'])}, IPC {manifest['ipc']}</h2>"
+        )
+        stats = (
+            json.loads((d / "run_stats.json").read_text())
+            if (d / "run_stats.json").is_file()
+            else {}
+        )
+        teacher = manifest["teacher"]
+        parts.append(
+            _table(
+                {
+                    "directory": str(d),
+                    "method": manifest["method"],
+                    "seed": manifest["seed"],
+                    "images": manifest.get("num_images"),
+                    "factor": manifest.get("factor"),
+                    "teacher": f"{teacher['arch']} epoch {teacher['epoch']}, test accuracy "
+                    f"{teacher.get('test_accuracy')}, sha256 {teacher['weights_sha256'][:16]}",
+                    "label teacher": f"epoch {manifest['label_teacher']['epoch']} of "
+                    f"{manifest['label_teacher']['path']}",
+                    "time per stage (s)": ", ".join(
+                        f"{k} {v}" for k, v in stats.get("seconds", {}).items()
+                    ),
+                    "teacher forwards per stage": ", ".join(
+                        f"{k} {v:,}" for k, v in stats.get("teacher_forwards", {}).items()
+                    ),
+                    "total time (s)": stats.get("total_seconds"),
+                }
+            )
+        )
+        tag = f"{manifest['method']}_ipc{manifest['ipc']}"
+        if ds is not None:
+            distilled_grid_figure(ds, figs / f"images_{tag}.png")
+            parts.append(
+                _figure(f"figures/images_{tag}.png", "the distilled images, one row per class")
+            )
+        scores_file = d / "scores.safetensors"
+        if scores_file.is_file():
+            scores = load_file(str(scores_file))
+            info = ds.info if ds is not None else None
+            if "shapley" in scores and "sample" in scores and info is not None:
+                candidates_figure(scores, info, figs / f"candidates_{tag}.png")
+                parts.append(
+                    _figure(
+                        f"figures/candidates_{tag}.png",
+                        "sample candidates: Shapley heatmap over the image (red helps the true "
+                        "class, blue hurts), the 2x2-pooled map with its argmax, and the crops "
+                        "(dashed orange: the four noisy crops, solid red: the noise-free one)",
+                    )
+                )
+            if "grad_norm" in scores and info is not None:
+                grad_norm_figure(scores, info, figs / f"gradnorm_{tag}.png")
+                parts.append(
+                    _figure(
+                        f"figures/gradnorm_{tag}.png",
+                        "utility: gradient norms of every crop, per class",
+                    )
+                )
+        parts.append(
+            "<h3>Configuration</h3><pre>"
+            + html.escape(json.dumps(manifest["config"], indent=2))
+            + "</pre>"
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>infoutil report</title>"
+        f"<style>{CSS}</style></head><body><nav>{''.join(nav)}</nav>"
+        + "\n".join(parts)
+        + "</body></html>\n"
+    )
+    atomic_write_bytes(out / "report.html", page.encode())
+    return out / "report.html"
+
+
+def _is_full(d: Path) -> bool:
+    return bool(json.loads((d / "manifest.json").read_text()).get("full_training_set"))
+
+
+def _md_table_to_html(md: str) -> str:
+    lines = [ln for ln in md.strip().splitlines() if ln.strip()]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    th = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    trs = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body
+    )
+    return f"<table><tr>{th}</tr>{trs}</table>"

@@ -1,0 +1,138 @@
+"""End-to-end distillation on real data: the files, their round trip, determinism, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from infoutil.config import DistillConfig
+from infoutil.errors import UserError
+from infoutil.io.distilled import VARYING_FILES, load_distilled
+from infoutil.methods import distill
+from tests.helpers import assert_one_line_error, run_cli
+
+SMALL = {"candidates_per_class": 6, "informativeness": {"budget": 32}}
+
+
+def _cfg(method="infoutil", ipc=2, **kw):
+    return DistillConfig(method=method, dataset="fashion-mnist", ipc=ipc, **{**SMALL, **kw})
+
+
+@pytest.fixture(scope="module")
+def distilled(fmnist_teacher, data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("d") / "infoutil"
+    distill(_cfg(), fmnist_teacher, out, data_root=str(data_root), progress=False)
+    return out
+
+
+def test_distilled_set_round_trips(distilled):
+    ds = load_distilled(distilled)
+    assert len(ds) == 20 and ds.images.shape == (20, 1, 28, 28) and ds.images.dtype == torch.uint8
+    assert ds.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    assert ds.logits.shape == (20, 1, 10) and ds.factor == 1
+    manifest = json.loads((distilled / "manifest.json").read_text())
+    entry = manifest["images"][3]
+    assert entry["file"] == "images/001_Trouser/00001.png"
+    patch = entry["patches"][0]
+    assert set(patch) >= {"source_index", "source_id", "box", "grad_norm", "shapley_map", "crop"}
+    assert len(patch["shapley_map"]) == 4 and patch["box"][2:] == [14, 14]
+    assert manifest["teacher"]["weights_sha256"] and manifest["seed"] == 0
+    scores = load_file(str(distilled / "scores.safetensors"))
+    assert scores["shapley"].shape == (60, 4, 4) and scores["grad_norm"].shape == (60, 5)
+    assert int(scores["selected"].sum()) == 20
+    # the selected crops are each class's highest gradient norms
+    norms = torch.nan_to_num(scores["grad_norm"], nan=-1.0)
+    cls = scores["candidate_labels"]
+    for c in range(10):
+        mine = norms[cls == c].flatten()
+        assert set(mine.topk(2).values.tolist()) == set(
+            norms[cls == c][scores["selected"][cls == c]].tolist()
+        )
+    # the images are the selected crops, resized to full size
+    train_img = ds.images[0]
+    assert train_img.float().std() > 0
+
+
+def test_same_seed_same_bytes_from_scratch(
+    distilled, fmnist_teacher, data_root, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("INFOUTIL_CACHE", str(tmp_path / "fresh-cache"))  # recompute everything
+    again = tmp_path / "again"
+    distill(_cfg(), fmnist_teacher, again, data_root=str(data_root), progress=False)
+    files = sorted(p.relative_to(distilled) for p in distilled.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for rel in files:
+        if rel.name not in VARYING_FILES:
+            assert (distilled / rel).read_bytes() == (again / rel).read_bytes(), rel
+    other = tmp_path / "other-seed"
+    distill(_cfg(seed=1), fmnist_teacher, other, data_root=str(data_root), progress=False)
+    assert (other / "labels.safetensors").read_bytes() != (
+        distilled / "labels.safetensors"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("method", ["rded", "random", "herding", "kcenter", "full"])
+def test_every_baseline_loads(method, fmnist_teacher, data_root, tmp_path):
+    out = tmp_path / method
+    distill(_cfg(method), fmnist_teacher, out, data_root=str(data_root), progress=False)
+    ds = load_distilled(out, data_root=str(data_root))
+    if method == "full":
+        assert len(ds) == 60000 and ds.logits is None
+    else:
+        assert len(ds) == 20 and torch.bincount(ds.labels).tolist() == [2] * 10
+        assert ds.logits.shape == (20, 1, 10)
+
+
+def test_factor_two_stitches_four_patches(fmnist_teacher, data_root, tmp_path):
+    out = tmp_path / "f2"
+    distill(_cfg(ipc=1, factor=2), fmnist_teacher, out, data_root=str(data_root), progress=False)
+    ds = load_distilled(out)
+    assert ds.factor == 2 and ds.logits.shape == (10, 4, 10)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert all(len(e["patches"]) == 4 for e in manifest["images"])
+    # patches are the 4 best crops of the class, in rank order
+    norms = [p["grad_norm"] for p in manifest["images"][0]["patches"]]
+    assert norms == sorted(norms, reverse=True)
+
+
+def test_bad_ipc_values(fmnist_teacher, data_root, tmp_path):
+    for ipc in ("0", "-3"):
+        proc = run_cli(
+            "distill",
+            "--dataset",
+            "fashion-mnist",
+            "--teacher",
+            str(fmnist_teacher),
+            "--ipc",
+            ipc,
+            "--out",
+            str(tmp_path / "x"),
+        )
+        assert_one_line_error(proc, "ipc")
+    with pytest.raises(UserError, match="distinct crops but 31 are needed"):
+        distill(
+            _cfg(ipc=31), fmnist_teacher, tmp_path / "y", data_root=str(data_root), progress=False
+        )
+    assert not (tmp_path / "y").exists() and not (tmp_path / "y.partial").exists()
+
+
+def test_finished_output_is_not_overwritten(distilled, fmnist_teacher):
+    proc = run_cli(
+        "distill",
+        "--dataset",
+        "fashion-mnist",
+        "--teacher",
+        str(fmnist_teacher),
+        "--ipc",
+        "2",
+        "--out",
+        str(distilled),
+        "--candidates-per-class",
+        "6",
+    )
+    assert_one_line_error(proc, "--overwrite")
+    load_distilled(distilled)  # still intact

@@ -1,0 +1,165 @@
+"""Students trained on distilled sets: above chance, last-epoch rule, seeds, compare."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from infoutil.config import PROTOCOLS, DistillConfig
+from infoutil.data import DatasetInfo
+from infoutil.evaluation.compare import compare
+from infoutil.evaluation.run import evaluate
+from infoutil.io.checkpoint import save_teacher_epoch
+from infoutil.methods import distill
+from infoutil.models import create_model
+from tests.helpers import assert_one_line_error, run_cli
+
+TIMING_KEYS = ("evaluate_seconds",)
+
+
+@pytest.fixture(scope="module")
+def sets(fmnist_teacher, data_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sets")
+    out = {}
+    for method in ("infoutil", "random"):
+        cfg = DistillConfig(
+            method=method,
+            dataset="fashion-mnist",
+            ipc=5,
+            candidates_per_class=10,
+            informativeness={"budget": 32},
+        )
+        out[method] = distill(
+            cfg, fmnist_teacher, root / method, data_root=str(data_root), progress=False
+        )
+    return out
+
+
+def _protocol(epochs=12, **kw):
+    return PROTOCOLS["rded"].model_copy(update={"epochs": epochs, "eval_points": 3, **kw})
+
+
+@pytest.fixture(scope="module")
+def two_seeds(sets, data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "infoutil"
+    return out, evaluate(
+        sets["infoutil"],
+        out,
+        protocol=_protocol(),
+        seeds=[0, 1],
+        data_root=str(data_root),
+        progress=False,
+    )
+
+
+def test_a_short_evaluation_beats_chance(two_seeds):
+    _, results = two_seeds
+    assert results["mean"] > 0.25  # 10 classes: chance is 0.10
+    for key in (
+        "method",
+        "dataset",
+        "ipc",
+        "student",
+        "protocol",
+        "epochs",
+        "teacher_accuracy",
+        "seeds",
+        "accuracy",
+        "mean",
+        "std",
+        "distill_seconds",
+        "evaluate_seconds",
+        "config",
+    ):
+        assert key in results
+    assert results["method"] == "infoutil" and results["ipc"] == 5
+
+
+def test_the_reported_accuracy_is_the_last_epochs(two_seeds):
+    out, results = two_seeds
+    for acc, run in zip(results["accuracy"], results["curves"], strict=True):
+        last = run["curve"][-1]
+        assert last["epoch"] == 12 and last["test_accuracy"] == acc
+        assert all("test_accuracy" not in p for p in run["curve"][:-1])
+    assert (out / "curve.png").stat().st_size > 1000
+
+
+def test_seeds_are_distinct_and_reproducible(two_seeds, sets, data_root, tmp_path):
+    _, results = two_seeds
+    assert results["curves"][0]["curve"] != results["curves"][1]["curve"]
+    again = evaluate(
+        sets["infoutil"],
+        tmp_path / "again",
+        protocol=_protocol(),
+        seeds=[1],
+        data_root=str(data_root),
+        progress=False,
+    )
+    assert again["curves"][0] == results["curves"][1]
+
+
+def test_static_protocol_uses_stored_labels(sets, data_root, tmp_path):
+    static = PROTOCOLS["static"].model_copy(update={"epochs": 6, "eval_points": 2})
+    results = evaluate(
+        sets["infoutil"],
+        tmp_path / "s",
+        protocol=static,
+        seeds=[0],
+        data_root=str(data_root),
+        progress=False,
+    )
+    assert results["protocol"] == "static" and results["mean"] > 0.1
+
+
+def test_compare_two_runs(two_seeds, sets, data_root, tmp_path):
+    out_a, res_a = two_seeds
+    out_b = tmp_path / "random"
+    res_b = evaluate(
+        sets["random"],
+        out_b,
+        protocol=_protocol(6),
+        seeds=[0],
+        data_root=str(data_root),
+        progress=False,
+    )
+    rows = compare([out_a, out_b], tmp_path / "table")
+    assert [(r["method"], r["ipc"], r["seeds"]) for r in rows] == [
+        ("infoutil", 5, 2),
+        ("random", 5, 1),
+    ]
+    md = (tmp_path / "table" / "results.md").read_text()
+    assert f"{100 * res_a['mean']:.2f} +- {100 * res_a['std']:.2f}" in md
+    assert f"{100 * res_b['mean']:.2f} +- 0.00" in md
+    csv_lines = (tmp_path / "table" / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("method,dataset,ipc") and len(csv_lines) == 3
+    assert (tmp_path / "table" / "accuracy_vs_ipc_fashion-mnist_convnet3.png").is_file()
+
+
+def test_a_teacher_with_another_class_count_is_refused(sets, tmp_path):
+    info = DatasetInfo("fashion-mnist", ("a", "b", "c"), 28, 1, (0.5,), (0.5,))
+    save_teacher_epoch(
+        tmp_path / "three",
+        create_model("convnet3", info),
+        {"arch": "convnet3", "dataset": info.to_dict(), "epoch": 1},
+    )
+    proc = run_cli(
+        "evaluate",
+        str(sets["infoutil"]),
+        "--teacher",
+        str(tmp_path / "three"),
+        "--out",
+        str(tmp_path / "e"),
+        "--epochs",
+        "1",
+    )
+    assert_one_line_error(proc, "3 classes")
+    assert not (tmp_path / "e").exists()
+
+
+def test_results_schema_is_plain_json(two_seeds):
+    out, _ = two_seeds
+    data = json.loads((out / "results.json").read_text())
+    assert data["reported"] == "last_epoch" and isinstance(data["accuracy"], list)
+    assert statistics.pstdev(data["accuracy"]) == pytest.approx(data["std"], abs=1e-12)
