@@ -108,6 +108,7 @@ class ProtocolConfig(Strict):
     eval_points: int = Field(5, ge=1)  # points on the curve (the last, on the full test set,
     # is the one reported; the others use a class-balanced probe of ``probe_images``)
     probe_images: int = Field(2000, ge=1)
+    test_per_class: int | None = Field(None, ge=1)  # None: the whole test set (quick checks)
     eval_batch_size: int = Field(500, ge=1)
 
 

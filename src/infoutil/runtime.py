@@ -82,3 +82,34 @@ class StageTimer:
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "teacher_forwards": dict(self.forwards),
         }
+
+
+def fault_point(name: str) -> None:
+    """Kill this process with SIGKILL at the N-th pass through point ``name``.
+
+    Set ``INFOUTIL_KILL_AT=name:N`` (N defaults to 1). The reliability tests use it to stop a
+    real run at a precise point (mid-scoring, mid-write) and check that ``--resume`` finishes
+    it byte-identically. Without the variable this is a dictionary lookup.
+    """
+    spec = os.environ.get("INFOUTIL_KILL_AT")
+    if not spec:
+        return
+    target, _, count = spec.partition(":")
+    if target != name:
+        return
+    _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
+    if _FAULT_HITS[name] >= int(count or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_FAULT_HITS: dict[str, int] = {}
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (rank 0 only)."""
+    if is_main_process():
+        import sys
+
+        print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from infoutil import distributed
 from infoutil.config import ProtocolConfig
-from infoutil.data import load_dataset
+from infoutil.data import load_dataset, per_class_sample, subset
 from infoutil.errors import UserError
 from infoutil.evaluation.student import StudentRun, rded_batch_size, train_student
 from infoutil.io.atomic import atomic_write_json
@@ -24,6 +24,7 @@ from infoutil.io.checkpoint import check_teacher_fits, load_teacher
 from infoutil.io.distilled import finish_output, load_distilled, prepare_output
 from infoutil.io.lock import output_lock
 from infoutil.report.plots import plot_training_curves
+from infoutil.runtime import fault_point
 
 RESULTS_FORMAT = "infoutil-results/1"
 
@@ -52,6 +53,10 @@ def evaluate(
     ctx = distributed.context()
     distilled = load_distilled(distilled_dir, data_root=data_root, cache_dir=cache_dir)
     test = load_dataset(distilled.info.name, "test", data_root, cache_dir=cache_dir)
+    if protocol.test_per_class is not None:
+        test = subset(
+            test, per_class_sample(test.targets, test.info.num_classes, protocol.test_per_class, 0)
+        )
     check_teacher_fits(test.info, distilled.info, str(distilled_dir))
     teacher_spec = teacher or distilled.manifest["label_teacher"]["path"]
     relabeller = load_teacher(teacher_spec)
@@ -95,10 +100,12 @@ def evaluate(
                     record, {"seed": seed, "accuracy": run.accuracy, "curve": run.curve}
                 )
                 state.unlink(missing_ok=True)
+                fault_point("seed-done")
             runs.append(run)
-        results = _results(distilled, relabeller, student, protocol, runs, config, start)
+        results = _results(distilled, relabeller, student, protocol, runs, config, start, len(test))
         if ctx.is_main:
             atomic_write_json(stage / "results.json", results)
+            fault_point("results-written")
             plot_training_curves(
                 [{"seed": r.seed, "curve": r.curve} for r in runs],
                 stage / "curve.png",
@@ -125,6 +132,7 @@ def _results(
     runs: list[StudentRun],
     config: dict,
     start: float,
+    test_images: int,
 ) -> dict:
     accs = [r.accuracy for r in runs]
     n = len(distilled)
@@ -139,6 +147,7 @@ def _results(
         "student": student,
         "protocol": protocol.name,
         "epochs": protocol.epochs,
+        "test_images": test_images,
         "batch_size": protocol.batch_size
         or rded_batch_size(
             ipc or max(1, n // distilled.info.num_classes), distilled.info.num_classes, n

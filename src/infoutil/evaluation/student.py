@@ -34,7 +34,7 @@ from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_save_tensors
 from infoutil.io.distilled import DistilledSet
 from infoutil.models import create_model
-from infoutil.runtime import generator, progress
+from infoutil.runtime import fault_point, generator, progress
 from infoutil.training.teacher import cosine_lr, param_groups
 
 # RDED's AdamW learning rate per student (argument.py); 1e-3 for every other model.
@@ -179,6 +179,7 @@ def train_student(
         elif epoch + 1 in checkpoints:
             point["probe_accuracy"] = ctx.sharded_accuracy(model, probe, protocol.eval_batch_size)
         run.curve.append(point)
+        fault_point("student-epoch")
         bar.update(1)
         shown = point.get("test_accuracy", point.get("probe_accuracy"))
         if shown is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from infoutil.data.base import DatasetInfo
 from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_save_tensors, atomic_write_json, tensors_sha256
 from infoutil.models import Classifier, create_model
+from infoutil.runtime import fault_point
 
 TEACHER_FORMAT = "infoutil-teacher/1"
 _EPOCH_RE = re.compile(r"^epoch_(\d{4,})\.json$")
@@ -79,6 +81,7 @@ def save_teacher_epoch(out_dir: Path, model: Classifier, meta: dict) -> dict:
     meta = dict(meta, format=TEACHER_FORMAT, weights_sha256=tensors_sha256(state))
     weights, meta_path = epoch_paths(out_dir, int(meta["epoch"]))
     atomic_save_tensors(weights, state, {"infoutil": json.dumps(meta, sort_keys=True)})
+    fault_point("teacher-checkpoint")  # weights written, epoch not yet committed
     atomic_write_json(meta_path, meta)
     return meta
 
@@ -169,11 +172,13 @@ def import_torch_checkpoint(path: Path, arch: str, info: DatasetInfo) -> Classif
     ``module.`` prefix, keyed either like our :class:`Classifier` or like its inner network.
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about protocols before refusing
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise UserError(f"{path}: no such file") from err
     except Exception as err:  # torch raises UnpicklingError and friends for unsafe content
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = str(err).strip().split(".")[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"{path}: refused to load (only plain tensors are accepted, no pickled code): {first}"
         ) from err

@@ -40,6 +40,7 @@ from infoutil.io.atomic import (
     atomic_write_json,
     sha256_file,
 )
+from infoutil.runtime import fault_point
 
 DISTILLED_FORMAT = "infoutil-distilled/1"
 COMPLETE = "COMPLETE.json"
@@ -134,6 +135,7 @@ def write_distilled_files(
         rel = f"images/{class_folder(y, info.class_names[y])}/{n:05d}.png"
         atomic_write_bytes(stage / rel, png_bytes(img))
         entries[row]["file"] = rel
+        fault_point("write-image")
     tensors = {"labels": labels.to(torch.int64)}
     if logits is not None:
         tensors["logits"] = logits.to(torch.float32)

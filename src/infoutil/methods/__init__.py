@@ -69,17 +69,18 @@ def distill(
 
     stage = None
     with contextlib.ExitStack() as stack:
-        if ctx.is_main:
-            stack.enter_context(output_lock(out))
         try:
+            problem = None
             if ctx.is_main:
-                stage = prepare_output(
-                    out,
-                    resume=resume,
-                    overwrite=overwrite,
-                    config=_run_config(cfg, teacher, label_teacher),
-                )
-            ctx.barrier()
+                try:
+                    stack.enter_context(output_lock(out))
+                    config = _run_config(cfg, teacher, label_teacher)
+                    stage = prepare_output(out, resume=resume, overwrite=overwrite, config=config)
+                except UserError as err:
+                    problem = str(err)
+            problem = ctx.broadcast_object(problem)  # every rank stops on rank 0's refusal
+            if problem is not None:
+                raise UserError(problem)
             mc = MethodContext(cfg, train, judge, store_root, timer, ctx, progress)
             selection = None if cfg.method == "full" else METHODS[cfg.method](mc)
             if ctx.is_main:

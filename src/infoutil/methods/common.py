@@ -27,7 +27,7 @@ from infoutil.distributed import Context
 from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_save_tensors
 from infoutil.io.checkpoint import Teacher
-from infoutil.runtime import StageTimer, progress
+from infoutil.runtime import StageTimer, fault_point, progress, warn
 
 
 @dataclass
@@ -83,7 +83,16 @@ def full_box(info) -> tuple[int, int, int, int]:
 
 
 def candidate_pool(train: ImageDataset, per_class: int, seed: int) -> torch.Tensor:
-    """Up to ``per_class`` training indices per class, drawn with the seed, grouped by class."""
+    """Up to ``per_class`` training indices per class, drawn with the seed, grouped by class.
+
+    A class with fewer images than ``per_class`` contributes all it has, with a warning.
+    """
+    counts = torch.bincount(train.targets, minlength=train.info.num_classes)
+    for c in torch.nonzero(counts < per_class).flatten().tolist():
+        warn(
+            f"class {train.info.class_names[c]!r} has only {int(counts[c])} images, fewer than "
+            f"--candidates-per-class {per_class}; using all of them"
+        )
     return per_class_sample(train.targets, train.info.num_classes, per_class, seed)
 
 
@@ -178,6 +187,7 @@ def chunked_scores(
             if tensors is None:
                 tensors = compute(sl)
                 store.save(i, chunk, tensors)
+                fault_point(f"{desc}-chunk")
                 computed += len(chunk)
             results[i] = tensors
             bar.update(len(chunk))

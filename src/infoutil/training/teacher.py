@@ -24,7 +24,7 @@ from infoutil.io.atomic import atomic_save_tensors, atomic_write_json, dumps_jso
 from infoutil.io.checkpoint import completed_epochs, epoch_paths, save_teacher_epoch
 from infoutil.io.lock import output_lock
 from infoutil.models import Classifier, create_model
-from infoutil.runtime import generator, is_main_process, progress
+from infoutil.runtime import fault_point, generator, is_main_process, progress
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -174,6 +174,7 @@ def train_teacher(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                fault_point("teacher-step")
                 loss_sum += float(loss.detach()) / ctx.world_size
                 bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}")
             bar.close()

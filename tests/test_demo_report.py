@@ -1,0 +1,115 @@
+"""The shipped teacher reproduces, and a report from a small real run is complete."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from infoutil.config import PROTOCOLS, DistillConfig
+from infoutil.demo import packaged_teacher, packaged_teacher_provenance
+from infoutil.evaluation.run import evaluate
+from infoutil.io.checkpoint import load_teacher
+from infoutil.methods import distill
+from infoutil.report.html import build_report
+from tests.helpers import run_cli
+
+
+def test_the_packaged_teacher_is_small_and_recorded():
+    teacher = load_teacher(packaged_teacher())
+    size = sum(p.stat().st_size for p in packaged_teacher().iterdir())
+    assert size < 5 * 1024 * 1024
+    prov = packaged_teacher_provenance()
+    assert prov["seed"] == 0 and prov["command"].startswith("infoutil teacher train")
+    assert teacher.meta["test_accuracy"] == prov["test_accuracy"] > 0.9
+    assert teacher.epoch == prov["epochs"]
+
+
+@pytest.mark.slow
+def test_retraining_with_the_recorded_command_reproduces_its_accuracy(tmp_path, data_root):
+    """The first epoch of the recorded command, compared with the recorded first epoch."""
+    prov = packaged_teacher_provenance()
+    args = prov["command"].split()[1:]
+    args[args.index("DIR")] = str(tmp_path / "t")
+    proc = run_cli(*args, "--stop-after", "1")
+    assert proc.returncode == 0, proc.stderr
+    epoch1 = json.loads((tmp_path / "t" / "epoch_0001.json").read_text())
+    assert epoch1["test_accuracy"] == pytest.approx(prov["test_accuracy_per_epoch"][0], abs=0.01)
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+        self.headings: list[str] = []
+        self._in_h = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        self._in_h = tag in ("h2", "h3")
+
+    def handle_data(self, data):
+        if self._in_h:
+            self.headings.append(data)
+
+    def handle_endtag(self, tag):
+        self._in_h = False
+
+
+def test_a_report_from_a_small_real_run(tmp_path, data_root):
+    teacher = packaged_teacher()
+    run = tmp_path / "run"
+    for method in ("infoutil", "rded"):
+        cfg = DistillConfig(
+            method=method,
+            dataset="fashion-mnist",
+            ipc=2,
+            candidates_per_class=6,
+            informativeness={"budget": 32},
+        )
+        distill(cfg, teacher, run / "distilled" / method, data_root=str(data_root), progress=False)
+        protocol = PROTOCOLS["rded"].model_copy(
+            update={"epochs": 3, "test_per_class": 30, "probe_images": 100}
+        )
+        evaluate(
+            run / "distilled" / method,
+            run / "eval" / method,
+            protocol=protocol,
+            seeds=[0],
+            data_root=str(data_root),
+            progress=False,
+        )
+    page = build_report(run)
+    html = page.read_text()
+    parsed = _Collector()
+    parsed.feed(html)
+    text = " ".join(parsed.headings)
+    assert "Evaluation results" in text
+    assert "Distilled set: infoutil" in text and "Distilled set: rded" in text
+    for section in (
+        "Shapley heatmap",
+        "gradient norms",
+        "the distilled images",
+        "accuracy against IPC",
+        "time per stage",
+        "teacher forwards per stage",
+        "training curve",
+        "Configuration",
+    ):
+        assert section in html, section
+    assert re.search(r"<td>infoutil</td><td>fashion-mnist</td><td>2</td>", html)
+    assert len(parsed.images) >= 7
+    for src in parsed.images:
+        path = page.parent / src
+        assert path.is_file(), src
+        with Image.open(path) as img:
+            img.load()
+            assert img.size[0] > 100
+    assert {Path(s).name for s in parsed.images} == {
+        p.name for p in (page.parent / "figures").iterdir()
+    }
