@@ -1,0 +1,134 @@
+"""torchrun with two gloo processes on CPU: sharded distill is identical, DDP runs finish."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infoutil.io.distilled import VARYING_FILES
+from tests.helpers import run_cli
+
+ARGS = [
+    "distill",
+    "--method",
+    "infoutil",
+    "--dataset",
+    "fashion-mnist",
+    "--ipc",
+    "2",
+    "--candidates-per-class",
+    "14",
+    "--budget",
+    "32",
+    "--threads",
+    "1",
+    "-q",
+]
+
+
+def torchrun(*args: str, env: dict | None = None, timeout: int = 900):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "infoutil",
+        *args,
+    ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
+    )
+
+
+@pytest.mark.slow
+def test_two_ranks_distill_the_same_bytes_as_one(fmnist_teacher, tmp_path):
+    one = tmp_path / "one"
+    proc = run_cli(
+        *ARGS,
+        "--teacher",
+        str(fmnist_teacher),
+        "--out",
+        str(one),
+        env={"INFOUTIL_CACHE": str(tmp_path / "c1")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    two = tmp_path / "two"
+    proc = torchrun(
+        *ARGS,
+        "--teacher",
+        str(fmnist_teacher),
+        "--out",
+        str(two),
+        env={"INFOUTIL_CACHE": str(tmp_path / "c2")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    for rel in files:
+        if rel.name not in VARYING_FILES:
+            assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
+    # each rank scored its own chunks: both ranks' chunks are in the store
+    chunks = list((tmp_path / "c2" / "scores").rglob("chunk_*.safetensors"))
+    assert len(chunks) == 2 * 3  # shapley + utility, 3 chunks of 64 candidates each
+
+
+@pytest.mark.slow
+def test_ddp_evaluate_finishes_and_is_correct(fmnist_teacher, tmp_path, data_root):
+    distilled = tmp_path / "d"
+    assert run_cli(*ARGS, "--teacher", str(fmnist_teacher), "--out", str(distilled)).returncode == 0
+    quick = tmp_path / "quick.yaml"
+    quick.write_text("test_per_class: 50\nprobe_images: 100\n")
+    out = tmp_path / "e"
+    proc = torchrun(
+        "evaluate",
+        str(distilled),
+        "--out",
+        str(out),
+        "--epochs",
+        "20",
+        "--seeds",
+        "2",
+        "--config",
+        str(quick),
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1] and results["batch_size"] == 10
+    assert results["mean"] > 0.2  # 10 classes: chance is 0.1
+    assert all(run["curve"][-1]["epoch"] == 20 for run in results["curves"])
+
+
+@pytest.mark.slow
+def test_ddp_teacher_training_checkpoints_once(tmp_path):
+    out = tmp_path / "t"
+    proc = torchrun(
+        "teacher",
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--epochs",
+        "1",
+        "--train-per-class",
+        "40",
+        "--test-per-class",
+        "20",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "epoch_0001.json").read_text())
+    assert meta["test_accuracy"] > 0.2
+    assert len(list(Path(out).glob("epoch_*.safetensors"))) == 1
