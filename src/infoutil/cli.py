@@ -312,7 +312,7 @@ def report(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("infoutil-demo"), "--out"),
-    epochs: int = typer.Option(200, "--epochs", help="Student epochs per method."),
+    epochs: int = typer.Option(150, "--epochs", help="Student epochs per method."),
     seeds: int = typer.Option(1, "--seeds"),
     quiet: bool = Quiet,
     data_root: str | None = DataRoot,

@@ -38,9 +38,9 @@ def run_demo(
     data_root: str | None = None,
     cache_dir: str | None = None,
     ipc: int = 10,
-    candidates_per_class: int = 60,
+    candidates_per_class: int = 50,
     budget: int = 128,
-    epochs: int = 200,
+    epochs: int = 150,
     seeds: int = 1,
     progress: bool = True,
 ) -> dict:

@@ -78,9 +78,12 @@ class StageTimer:
         return line
 
     def to_dict(self) -> dict:
+        """Stages in the order they ran (a list: JSON objects are written with sorted keys)."""
         return {
-            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-            "teacher_forwards": dict(self.forwards),
+            "stages": [
+                {"stage": k, "seconds": round(v, 3), "teacher_forwards": self.forwards.get(k, 0)}
+                for k, v in self.seconds.items()
+            ]
         }
 
 

@@ -155,8 +155,10 @@ def select(mc: MethodContext) -> Selection:
         "distinct crops",
         "lower --ipc or raise --candidates-per-class",
     )
+    highest = util.select == "highest"
+    missing = -torch.inf if highest else torch.inf  # duplicates are never picked
     ranked = top_k_per_class(
-        torch.where(valid, flat, -torch.inf), crop_class, need, info.num_classes
+        torch.where(valid, flat, missing), crop_class, need, info.num_classes, descending=highest
     )
     patches = []
     for picked in ranked:

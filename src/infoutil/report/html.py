@@ -57,7 +57,10 @@ def distilled_grid_figure(ds, path: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(f"{ds.method}: {len(ds)} images, {ds.ipc} per class, factor {ds.factor}")
+    axes[0].set_title(
+        f"{ds.method}: {len(ds)} images, {ds.ipc} per class, factor {ds.factor}", fontsize=10
+    )
+    fig.subplots_adjust(hspace=0.08)
     save_figure(fig, path)
 
 
@@ -182,6 +185,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             f"{run_dir}: holds no distilled set (manifest.json) or evaluation (results.json)"
         )
     parts = [f"<h1>infoutil report: {html.escape(run_dir.name)}</h1>"]
+    summary = _summary(evals)
+    if summary:
+        parts.append(summary)
     nav = []
     if evals:
         records = collect_results(evals)
@@ -250,10 +256,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                     "label teacher": f"epoch {manifest['label_teacher']['epoch']} of "
                     f"{manifest['label_teacher']['path']}",
                     "time per stage (s)": ", ".join(
-                        f"{k} {v}" for k, v in stats.get("seconds", {}).items()
+                        f"{st['stage']} {st['seconds']:.1f}" for st in stats.get("stages", [])
                     ),
                     "teacher forwards per stage": ", ".join(
-                        f"{k} {v:,}" for k, v in stats.get("teacher_forwards", {}).items()
+                        f"{st['stage']} {st['teacher_forwards']:,}"
+                        for st in stats.get("stages", [])
                     ),
                     "total time (s)": stats.get("total_seconds"),
                 }
@@ -300,6 +307,22 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     )
     atomic_write_bytes(out / "report.html", page.encode())
     return out / "report.html"
+
+
+def _summary(evals: list[Path]) -> str:
+    """A few sentences at the top: the headline accuracy of each method and the teacher."""
+    if not evals:
+        return ""
+    records = collect_results(evals)
+    items = "".join(
+        f"<li><b>{html.escape(r['method'])}</b>, {html.escape(r['dataset'])} IPC {r['ipc']}: "
+        f"{100 * r['mean']:.2f}% (+- {100 * r['std']:.2f}, {len(r['seeds'])} seed(s), "
+        f"{html.escape(r['student'])} student, {r['epochs']} epochs)</li>"
+        for r in records
+    )
+    teacher = records[0].get("teacher_accuracy")
+    line = f"Teacher test accuracy: {100 * teacher:.2f}%. " if teacher is not None else ""
+    return f"<p>{line}Student top-1 on the real test set (last epoch):</p><ul>{items}</ul>"
 
 
 def _is_full(d: Path) -> bool:
