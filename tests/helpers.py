@@ -6,6 +6,24 @@ import os
 import subprocess
 import sys
 
+# A small but real infoutil distillation: 14 candidates per class, 3 chunks of scores.
+SMALL_DISTILL = [
+    "distill",
+    "--method",
+    "infoutil",
+    "--dataset",
+    "fashion-mnist",
+    "--ipc",
+    "2",
+    "--candidates-per-class",
+    "14",
+    "--budget",
+    "32",
+    "--threads",
+    "1",
+    "-q",
+]
+
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
     """Run ``python -m infoutil ...`` in a fresh process; returns the CompletedProcess."""

@@ -11,24 +11,8 @@ from pathlib import Path
 import pytest
 
 from infoutil.io.distilled import VARYING_FILES
+from tests.helpers import SMALL_DISTILL as ARGS
 from tests.helpers import run_cli
-
-ARGS = [
-    "distill",
-    "--method",
-    "infoutil",
-    "--dataset",
-    "fashion-mnist",
-    "--ipc",
-    "2",
-    "--candidates-per-class",
-    "14",
-    "--budget",
-    "32",
-    "--threads",
-    "1",
-    "-q",
-]
 
 
 def torchrun(*args: str, env: dict | None = None, timeout: int = 900):

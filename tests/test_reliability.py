@@ -20,24 +20,8 @@ from infoutil.errors import UserError
 from infoutil.io.checkpoint import save_teacher_epoch
 from infoutil.io.distilled import COMPLETE, VARYING_FILES, load_distilled
 from infoutil.models import create_model
+from tests.helpers import SMALL_DISTILL as DISTILL
 from tests.helpers import assert_one_line_error, run_cli
-
-DISTILL = [
-    "distill",
-    "--method",
-    "infoutil",
-    "--dataset",
-    "fashion-mnist",
-    "--ipc",
-    "2",
-    "--candidates-per-class",
-    "14",
-    "--budget",
-    "32",
-    "--threads",
-    "1",
-    "-q",
-]
 
 
 def _distill_args(teacher, out):

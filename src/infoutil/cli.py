@@ -34,6 +34,14 @@ Threads = typer.Option(None, "--threads", help="CPU threads for torch (default: 
 ConfigFile = typer.Option(None, "--config", "-c", help="YAML file of options; flags override it.")
 
 
+def _config(cls, config: Path | None, flags: dict, base: dict | None = None):
+    """Defaults < ``base`` < the YAML file < the flags given; errors name the bad key."""
+    from infoutil.config import build_config, merge, read_yaml
+
+    values = merge(merge(base or {}, read_yaml(config) if config else {}), flags)
+    return build_config(cls, values, str(config or "options"))
+
+
 def _setup(threads: int | None) -> None:
     if threads is not None:
         import torch
@@ -70,12 +78,13 @@ def teacher_train(
     threads: int | None = Threads,
 ) -> None:
     """Train a teacher; save a checkpoint after every epoch."""
-    from infoutil.config import TeacherConfig, build_config, merge, read_yaml
+    from infoutil.config import TeacherConfig
     from infoutil.training.teacher import train_teacher
 
     _setup(threads)
-    values = merge(
-        read_yaml(config) if config else {},
+    cfg = _config(
+        TeacherConfig,
+        config,
         {
             "dataset": dataset,
             "arch": arch,
@@ -87,7 +96,7 @@ def teacher_train(
             "test_per_class": test_per_class,
         },
     )
-    cfg = build_config(TeacherConfig, values, str(config or "options"))
+
     meta = train_teacher(
         cfg, out, data_root=data_root, cache_dir=cache_dir, resume=resume, stop_after=stop_after
     )
@@ -199,12 +208,13 @@ def distill(
     threads: int | None = Threads,
 ) -> None:
     """Distill a dataset into IPC images per class, written to --out."""
-    from infoutil.config import DistillConfig, build_config, merge, read_yaml
+    from infoutil.config import DistillConfig
     from infoutil.methods import distill as run_distill
 
     _setup(threads)
-    values = merge(
-        read_yaml(config) if config else {},
+    cfg = _config(
+        DistillConfig,
+        config,
         {
             "method": method,
             "dataset": dataset,
@@ -216,10 +226,7 @@ def distill(
             "utility": {"grad_norm": grad_norm},
         },
     )
-    for key, flag in (("dataset", "--dataset"), ("ipc", "--ipc")):
-        if key not in values:
-            raise UserError(f"{flag} is required (on the command line or in --config)")
-    cfg = build_config(DistillConfig, values, str(config or "options"))
+
     run_distill(
         cfg,
         teacher,
@@ -256,15 +263,14 @@ def evaluate(
     threads: int | None = Threads,
 ) -> None:
     """Train fresh students on a distilled set; report last-epoch top-1 on the real test set."""
-    from infoutil.config import PROTOCOLS, ProtocolConfig, build_config, merge, read_yaml
+    from infoutil.config import PROTOCOLS, ProtocolConfig
     from infoutil.evaluation.run import evaluate as run_evaluate
 
     _setup(threads)
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    values = merge(PROTOCOLS[protocol].model_dump(), read_yaml(config) if config else {})
-    values = merge(values, {"epochs": epochs, "autoaugment": autoaugment})
-    proto = build_config(ProtocolConfig, values, str(config or "options"))
+    flags = {"epochs": epochs, "autoaugment": autoaugment}
+    proto = _config(ProtocolConfig, config, flags, base=PROTOCOLS[protocol].model_dump())
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, not {seeds}")
     run_evaluate(

@@ -126,6 +126,9 @@ def format_validation_error(err: ValidationError, where: str) -> str:
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key {key!r}; check the spelling against --help"
+    if first["type"] == "missing":
+        flag = "--" + key.replace("_", "-")
+        return f"{where}: {key} is required; pass {flag} or set it in --config"
     return f"{where}: {key}: {first['msg']} (got {first.get('input')!r})"
 
 
