@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 teacher_app = typer.Typer(no_args_is_help=True, help="Train, check and import teachers.")
 app.add_typer(teacher_app, name="teacher")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect or download datasets.")
+app.add_typer(data_app, name="data")
 
 DataRoot = typer.Option(
     None, "--data-root", help="Folder holding the datasets (default: $INFOUTIL_DATA)."
@@ -49,6 +51,31 @@ def _setup(threads: int | None) -> None:
         if threads < 1:
             raise UserError(f"--threads must be at least 1, not {threads}")
         torch.set_num_threads(threads)
+
+
+@data_app.command("info")
+def data_info(
+    dataset: str = typer.Option(..., "--dataset"),
+    download: bool = typer.Option(
+        False,
+        "--download",
+        help="Fetch it first if missing (cifar10, cifar100 pickles; fashion-mnist).",
+    ),
+    data_root: str | None = DataRoot,
+    cache_dir: str | None = CacheDir,
+) -> None:
+    """Load both splits of a dataset and print what infoutil sees: sizes, classes, order."""
+    from infoutil.data import load_dataset
+
+    for split in ("train", "test"):
+        ds = load_dataset(dataset, split, data_root, download=download, cache_dir=cache_dir)
+        counts = ds.targets.bincount(minlength=ds.info.num_classes).tolist()
+        typer.echo(
+            f"{split}: {len(ds)} images, {ds.info.channels}x{ds.info.image_size}x"
+            f"{ds.info.image_size}, {ds.info.num_classes} classes, per class "
+            f"{min(counts)}..{max(counts)}"
+        )
+    typer.echo("classes (label order): " + ", ".join(ds.info.class_names))
 
 
 @teacher_app.command("train")
