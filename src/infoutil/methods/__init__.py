@@ -128,7 +128,7 @@ def _write(
         "images": [],
     }
     if selection is None:  # the full training set, relabelled online by the teacher
-        manifest.update(full_training_set=True, factor=1, num_images=len(train))
+        manifest.update(full_training_set=True, ipc=None, factor=1, num_images=len(train))
         with timer.stage("write"):
             write_distilled_files(
                 stage,
