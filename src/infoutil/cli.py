@@ -33,6 +33,7 @@ CacheDir = typer.Option(
     help="Cache for decoded archives (default: $INFOUTIL_CACHE or ~/.cache/infoutil).",
 )
 Threads = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's).")
+Device = typer.Option("auto", "--device", help="auto (a GPU if there is one), cpu or cuda.")
 ConfigFile = typer.Option(None, "--config", "-c", help="YAML file of options; flags override it.")
 
 
@@ -103,6 +104,7 @@ def teacher_train(
     data_root: str | None = DataRoot,
     cache_dir: str | None = CacheDir,
     threads: int | None = Threads,
+    device: str = Device,
 ) -> None:
     """Train a teacher; save a checkpoint after every epoch."""
     from infoutil.config import TeacherConfig
@@ -125,7 +127,13 @@ def teacher_train(
     )
 
     meta = train_teacher(
-        cfg, out, data_root=data_root, cache_dir=cache_dir, resume=resume, stop_after=stop_after
+        cfg,
+        out,
+        data_root=data_root,
+        cache_dir=cache_dir,
+        resume=resume,
+        stop_after=stop_after,
+        device=device,
     )
     typer.echo(
         f"teacher {cfg.arch} on {cfg.dataset}: epoch {meta['epoch']}, test accuracy "
@@ -233,6 +241,7 @@ def distill(
     data_root: str | None = DataRoot,
     cache_dir: str | None = CacheDir,
     threads: int | None = Threads,
+    device: str = Device,
 ) -> None:
     """Distill a dataset into IPC images per class, written to --out."""
     from infoutil.config import DistillConfig
@@ -264,6 +273,7 @@ def distill(
         resume=resume,
         overwrite=overwrite,
         progress=not quiet,
+        device=device,
     )
 
 
@@ -288,6 +298,7 @@ def evaluate(
     data_root: str | None = DataRoot,
     cache_dir: str | None = CacheDir,
     threads: int | None = Threads,
+    device: str = Device,
 ) -> None:
     """Train fresh students on a distilled set; report last-epoch top-1 on the real test set."""
     from infoutil.config import PROTOCOLS, ProtocolConfig
@@ -312,6 +323,7 @@ def evaluate(
         resume=resume,
         overwrite=overwrite,
         progress=not quiet,
+        device=device,
     )
 
 

@@ -51,7 +51,9 @@ class Context:
         """DistributedDataParallel around ``model`` when there are several ranks."""
         if not self.active:
             return model
-        return torch.nn.parallel.DistributedDataParallel(model)
+        device = next(model.parameters()).device
+        ids = [device.index] if device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def shard_batch(self, *tensors: torch.Tensor):
         """This rank's contiguous slice of a global batch (every rank built the same batch)."""
@@ -66,8 +68,10 @@ class Context:
 
     def all_sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.active:
-            value = value.clone()
+            on = torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+            value = value.clone().to(on)
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value = value.cpu()
         return value
 
     def all_gather_object(self, obj):
@@ -94,8 +98,10 @@ class Context:
         model.eval()
         idx = self.shard_indices(len(dataset))
         correct = torch.zeros((), dtype=torch.float64)
+        device = next(model.parameters()).device
         for images, labels in dataset.iter_batches(idx, batch_size):
-            correct += (model(to_float(images)).argmax(1) == labels).sum()
+            pred = model(to_float(images).to(device)).argmax(1).cpu()
+            correct += (pred == labels).sum()
         model.train(was_training)
         return float(self.all_sum(correct)) / max(len(dataset), 1)
 

@@ -116,3 +116,23 @@ def warn(message: str) -> None:
         import sys
 
         print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """``auto`` (the default): the local GPU when there is one, else the CPU."""
+    name = name or "auto"
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        from infoutil.errors import UserError
+
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from infoutil.errors import UserError
+
+        raise UserError("--device cuda was asked for but no GPU is available; use --device cpu")
+    return device

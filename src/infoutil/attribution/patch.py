@@ -73,9 +73,9 @@ def baseline_images(
     raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
 
 
-def _autocast(precision: str):
+def _autocast(precision: str, device_type: str = "cpu"):
     if precision == "bf16":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -106,22 +106,23 @@ def patch_values(
     delta = images - base
     owner = patch_index_map(h, w, grid).to(device).flatten()  # [H*W]
     values = torch.empty(b * m, dtype=torch.float32)
-    flat = coalitions.reshape(b * m, n)
-    img_of_row = torch.arange(b).repeat_interleave(m)
+    flat = coalitions.reshape(b * m, n).to(device)
+    img_of_row = torch.arange(b, device=device).repeat_interleave(m)
+    labels = labels.to(device)
     bar = progress(total=b * m, desc="masked forwards", unit="img", enabled=progress_bar)
     for start in range(0, b * m, batch_size):
         rows = slice(start, min(start + batch_size, b * m))
         idx = img_of_row[rows]
         keep = flat[rows][:, owner].view(-1, 1, h, w).to(images.dtype)  # [R, 1, H, W]
         masked = torch.addcmul(base[idx], keep, delta[idx])
-        with _autocast(precision):
+        with _autocast(precision, device.type):
             logits = model(masked).float()
-        y = labels[idx].to(device)
+        y = labels[idx]
         if target == "prob":
             score = torch.softmax(logits, 1).gather(1, y[:, None])[:, 0]
         else:
             score = logits.gather(1, y[:, None])[:, 0]
-        values[rows] = score.cpu()
+        values[rows] = score.float().cpu()
         bar.update(rows.stop - rows.start)
     bar.close()
     return values.view(b, m)

@@ -24,7 +24,7 @@ from infoutil.io.checkpoint import check_teacher_fits, load_teacher
 from infoutil.io.distilled import finish_output, load_distilled, prepare_output
 from infoutil.io.lock import output_lock
 from infoutil.report.plots import plot_training_curves
-from infoutil.runtime import fault_point
+from infoutil.runtime import fault_point, resolve_device
 
 RESULTS_FORMAT = "infoutil-results/1"
 
@@ -42,6 +42,7 @@ def evaluate(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict:
     """Train ``len(seeds)`` students on the distilled set; returns the results record."""
     start = time.perf_counter()
@@ -60,6 +61,7 @@ def evaluate(
     check_teacher_fits(test.info, distilled.info, str(distilled_dir))
     teacher_spec = teacher or distilled.manifest["label_teacher"]["path"]
     relabeller = load_teacher(teacher_spec)
+    relabeller.model.to(resolve_device(device))
     check_teacher_fits(relabeller.info, distilled.info, str(teacher_spec))
     config = {
         "command": "evaluate",

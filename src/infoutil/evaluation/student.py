@@ -94,8 +94,11 @@ def train_student(
     state_path: Path | None = None,
     ctx: Context | None = None,
     progress_bar: bool = True,
+    device: torch.device | None = None,
 ) -> StudentRun:
     ctx = ctx or Context()
+    if device is None:  # train where the teacher lives
+        device = next(teacher.parameters()).device if teacher is not None else torch.device("cpu")
     info = distilled.info
     n = len(distilled)
     ipc = distilled.ipc or max(1, n // info.num_classes)
@@ -105,7 +108,7 @@ def train_student(
     if protocol.labels == "online" and teacher is None:
         raise UserError("online relabelling needs a teacher (--teacher)")
     torch.manual_seed(seed)
-    model = create_model(arch, info)
+    model = create_model(arch, info).to(device)
     lr = protocol.lr or STUDENT_LR.get(arch, 1e-3)
     opt = torch.optim.AdamW(param_groups(model, protocol.weight_decay), lr=lr, betas=(0.9, 0.999))
     bs = protocol.batch_size or rded_batch_size(ipc, info.num_classes, n)
@@ -160,12 +163,13 @@ def train_student(
             else:
                 perm, kept = torch.arange(len(idx)), 1.0
             if protocol.labels == "online":
-                x = ctx.shard_batch(x)
+                x = ctx.shard_batch(x).to(device)
                 with torch.no_grad():
                     target = torch.softmax(teacher(x) / T, 1)
             else:
                 p = targets_static[idx]
                 x, target = ctx.shard_batch(x, kept * p + (1 - kept) * p[perm])
+                x, target = x.to(device), target.to(device)
             log_p = F.log_softmax(ddp_model(x) / T, 1)
             # batch-mean KL over the global batch: each rank's share, summed by DDP's average
             loss = F.kl_div(log_p, target, reduction="sum") * ctx.world_size / len(idx)
@@ -225,7 +229,7 @@ def _load_state(path: Path, model, opt) -> tuple[int, list[dict]]:
         for key in ("step", "exp_avg", "exp_avg_sq"):
             t = tensors.get(f"opt.{key}.{name}")
             if t is not None:
-                state[key] = t.clone()
+                state[key] = t.clone() if key == "step" else t.to(p.device)
         if state:
             opt.state[p] = state
     return int(meta["epoch"]), json.loads(meta["curve"])

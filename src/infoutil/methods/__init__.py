@@ -28,7 +28,7 @@ from infoutil.io.distilled import (
 from infoutil.io.lock import output_lock
 from infoutil.methods import baselines, infoutil, rded
 from infoutil.methods.common import MethodContext, Selection, assemble, soft_labels
-from infoutil.runtime import StageTimer
+from infoutil.runtime import StageTimer, resolve_device
 
 METHODS: dict[str, Callable[[MethodContext], Selection]] = {
     "infoutil": infoutil.select,
@@ -51,6 +51,7 @@ def distill(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    device: str | None = None,
 ) -> Path:
     """Distill ``cfg.dataset`` with ``cfg.method`` and write the set to ``out``.
 
@@ -64,6 +65,9 @@ def distill(
     train = load_dataset(cfg.dataset, "train", data_root, cache_dir=cache_dir)
     judge = load_teacher(teacher, expect=train.info)
     labeller = judge if label_teacher is None else load_teacher(label_teacher, expect=train.info)
+    compute = resolve_device(device)
+    judge.model.to(compute)
+    labeller.model.to(compute)
     store_root = resolve_cache_dir(cache_dir) / "scores"
     timer = StageTimer()
 
@@ -81,7 +85,7 @@ def distill(
             problem = ctx.broadcast_object(problem)  # every rank stops on rank 0's refusal
             if problem is not None:
                 raise UserError(problem)
-            mc = MethodContext(cfg, train, judge, store_root, timer, ctx, progress)
+            mc = MethodContext(cfg, train, judge, store_root, timer, ctx, progress, compute)
             selection = None if cfg.method == "full" else METHODS[cfg.method](mc)
             if ctx.is_main:
                 _write(stage, out, cfg, train, judge, labeller, selection, timer, start, mc.factor)

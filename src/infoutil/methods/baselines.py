@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from infoutil.data.augment import to_float
 from infoutil.methods.common import (
     MethodContext,
     Patch,
@@ -67,7 +66,7 @@ def _coreset(mc: MethodContext, pick) -> Selection:
 
     @torch.inference_mode()
     def feature_chunk(sl: slice) -> dict[str, torch.Tensor]:
-        return {"features": model.features(to_float(train.get_batch(candidates[sl])))}
+        return {"features": model.features(mc.images(candidates[sl])).cpu()}
 
     feats = chunked_scores(
         mc,

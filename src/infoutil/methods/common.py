@@ -55,6 +55,11 @@ class MethodContext:
     timer: StageTimer
     dist: Context
     progress: bool = True
+    device: torch.device = torch.device("cpu")
+
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        """Training images ``indices`` as floats in [0, 1] on the compute device."""
+        return to_float(self.train.get_batch(indices)).to(self.device)
 
     @property
     def factor(self) -> int:
@@ -268,6 +273,7 @@ def soft_labels(
     size, through the label teacher (the student sees the same pixels)."""
     size = images.shape[-1]
     cells = cell_slices(size, factor)
+    images = images.to(next(label_teacher.model.parameters()).device)
     crops = torch.stack(
         [resize_to(to_float(images[:, :, ys, xs]), (size, size)) for ys, xs in cells], 1
     )  # [N, k, C, H, W]
@@ -275,4 +281,4 @@ def soft_labels(
     out = torch.cat(
         [label_teacher.model(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)]
     )
-    return out.view(len(images), len(cells), -1).float()
+    return out.view(len(images), len(cells), -1).float().cpu()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from infoutil.attribution.patch import patch_shapley
-from infoutil.data.augment import to_float
 from infoutil.errors import UserError
 from infoutil.methods.common import (
     MethodContext,
@@ -68,7 +67,7 @@ def select(mc: MethodContext) -> Selection:
         seeds = torch.tensor([derive_seed("shapley", cfg.seed, int(i)) for i in idx])
         maps = patch_shapley(
             model,
-            to_float(train.get_batch(idx)),
+            mc.images(idx),
             labels[idx],
             grid=inf.grid,
             baseline=inf.baseline,
@@ -110,14 +109,14 @@ def select(mc: MethodContext) -> Selection:
             width=size[1],
         )
         keep = unique_crops(boxes) if inf.dedupe else torch.ones(boxes.shape[:2], dtype=bool)
-        images = to_float(train.get_batch(idx)).repeat_interleave(k, 0)
+        images = mc.images(idx).repeat_interleave(k, 0)
         crops = crop_and_resize(images, boxes.flatten(0, 1), size, util.crop_input, fill)
         flat_keep = keep.flatten()
         norms = torch.full((len(crops),), float("nan"), dtype=torch.float64)
         norms[flat_keep] = grad_norms(
             model,
-            crops[flat_keep],
-            labels[idx].repeat_interleave(k)[flat_keep],
+            crops[flat_keep.to(crops.device)],
+            labels[idx].repeat_interleave(k)[flat_keep].to(crops.device),
             mode=util.grad_norm,
             batch_size=util.batch_size,
         )

@@ -18,7 +18,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from infoutil.data.augment import to_float
 from infoutil.methods.common import (
     MethodContext,
     Patch,
@@ -65,7 +64,7 @@ def select(mc: MethodContext) -> Selection:
                 for i in idx.tolist()
             ]
         )
-        images = to_float(train.get_batch(idx)).repeat_interleave(k, 0)
+        images = mc.images(idx).repeat_interleave(k, 0)
         crops = crop_and_resize(images, boxes.flatten(0, 1), (patch, patch), "resize")
         if f > 1:
             crops = crop_and_resize(
@@ -73,7 +72,7 @@ def select(mc: MethodContext) -> Selection:
             )
         else:
             crops = resize_to(crops, (size, size))
-        y = train.targets[idx].repeat_interleave(k)
+        y = train.targets[idx].repeat_interleave(k).to(crops.device)
         losses = torch.cat(
             [
                 F.cross_entropy(
@@ -84,7 +83,7 @@ def select(mc: MethodContext) -> Selection:
                 for s in range(0, len(crops), cfg.forward_batch_size)
             ]
         ).to(torch.float64)
-        return {"boxes": boxes, "loss": losses.view(len(idx), k)}
+        return {"boxes": boxes, "loss": losses.view(len(idx), k).cpu()}
 
     scored = chunked_scores(
         mc,

@@ -105,9 +105,9 @@ def crop_and_resize(
             out.append(crop)
         elif mode == "pad":
             canvas = (
-                fill.reshape(-1, 1, 1).expand(img.shape[0], h, w).clone()
+                fill.reshape(-1, 1, 1).expand(img.shape[0], h, w).clone().to(img.device)
                 if fill is not None
-                else torch.zeros((img.shape[0], h, w), dtype=img.dtype)
+                else torch.zeros((img.shape[0], h, w), dtype=img.dtype, device=img.device)
             )
             y0, x0 = (h - bh) // 2, (w - bw) // 2
             canvas[:, y0 : y0 + bh, x0 : x0 + bw] = crop

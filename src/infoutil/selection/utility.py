@@ -43,7 +43,7 @@ def grad_norms(
         y = labels[start : start + batch_size]
         grads = per_sample(params, x, y)
         sq = sum(g.reshape(len(x), -1).to(torch.float64).pow(2).sum(1) for g in grads.values())
-        norms.append(sq.sqrt())
+        norms.append(sq.sqrt().cpu())
     return torch.cat(norms) if norms else torch.empty(0, dtype=torch.float64)
 
 
@@ -57,8 +57,8 @@ def last_layer_grad_norms(
         y = labels[start : start + batch_size]
         h = model.features(x).to(torch.float64)
         p = torch.softmax(model.fc(h.float()).to(torch.float64), 1)
-        err = p - F.one_hot(y, p.shape[1]).to(torch.float64)
-        out.append((err.pow(2).sum(1) * (h.pow(2).sum(1) + 1.0)).sqrt())
+        err = p - F.one_hot(y.to(p.device), p.shape[1]).to(torch.float64)
+        out.append((err.pow(2).sum(1) * (h.pow(2).sum(1) + 1.0)).sqrt().cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
 
 

@@ -24,7 +24,13 @@ from infoutil.io.atomic import atomic_save_tensors, atomic_write_json, dumps_jso
 from infoutil.io.checkpoint import completed_epochs, epoch_paths, save_teacher_epoch
 from infoutil.io.lock import output_lock
 from infoutil.models import Classifier, create_model
-from infoutil.runtime import fault_point, generator, is_main_process, progress
+from infoutil.runtime import (
+    fault_point,
+    generator,
+    is_main_process,
+    progress,
+    resolve_device,
+)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -75,7 +81,7 @@ def _load_optimizer(out_dir: Path, epoch: int, model, opt) -> None:
     for name, p in model.named_parameters():
         key = f"momentum.{name}"
         if key in tensors:
-            opt.state[p]["momentum_buffer"] = tensors[key].clone()
+            opt.state[p]["momentum_buffer"] = tensors[key].to(p.device)
 
 
 def train_teacher(
@@ -87,6 +93,7 @@ def train_teacher(
     resume: bool = False,
     progress_bar: bool = True,
     stop_after: int | None = None,
+    device: str | None = None,
 ) -> dict:
     """Train ``cfg.arch`` on ``cfg.dataset``; returns the last epoch's metadata.
 
@@ -127,7 +134,8 @@ def train_teacher(
             atomic_write_json(config_path, cfg.model_dump())
 
         torch.manual_seed(cfg.seed)
-        model: Classifier = create_model(cfg.arch, info)
+        compute = resolve_device(device)
+        model: Classifier = create_model(cfg.arch, info).to(compute)
         opt = torch.optim.SGD(
             param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
         )
@@ -168,6 +176,7 @@ def train_teacher(
                 if cfg.augment:
                     x = random_crop_flip(x, pad=max(1, info.image_size // 8), g=g)
                 x, y = ctx.shard_batch(x, y)
+                x, y = x.to(compute), y.to(compute)
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(cfg.lr, epoch * steps_per_epoch + step, total_steps)
                 loss = F.cross_entropy(ddp_model(x), y, reduction="sum") * ctx.world_size / len(idx)
