@@ -1,0 +1,169 @@
+"""Peak memory and scaling of `infoutil distill` (issues "Reliability" and "Scale out").
+
+`memory`: the same distillation with pools of P and 10 x P candidates per class, each in a fresh
+process with a fresh score cache; peak RSS from the kernel (ru_maxrss of the child).
+`scaling`: the same distillation with 1 process and with `torchrun --nproc-per-node 2` (gloo,
+one thread per process), fresh caches; wall time, speedup, and whether the outputs are
+byte-identical. The load average before each run says how many cores were actually free.
+
+    python benchmarks/distill_resources.py memory --teacher T --dataset cifar10 \
+        --pools 300 3000 --out benchmarks/results/distill_memory.json
+    python benchmarks/distill_resources.py scaling --teacher T --dataset fashion-mnist \
+        --out benchmarks/results/distill_scaling.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+
+def run(cmd: list[str], cache: Path) -> dict:
+    env = dict(os.environ, INFOUTIL_CACHE=str(cache), OMP_NUM_THREADS="1")
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        "seconds": round(seconds, 1),
+        "load_average_before": round(load, 2),
+        "peak_rss_mib_children_max": round(max(peak, before) / 1024, 1),
+        "summary": proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "",
+    }
+
+
+def distill_cmd(args, out: Path, pool: int, launcher: list[str]) -> list[str]:
+    return [
+        *launcher,
+        "-m",
+        "infoutil",
+        "distill",
+        "--method",
+        "infoutil",
+        "--dataset",
+        args.dataset,
+        "--teacher",
+        args.teacher,
+        "--ipc",
+        str(args.ipc),
+        "--candidates-per-class",
+        str(pool),
+        "--estimator",
+        args.estimator,
+        "--budget",
+        str(args.budget),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "-q",
+    ]
+
+
+def same_files(a: Path, b: Path) -> bool:
+    fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return fa == fb and all(
+        (a / r).read_bytes() == (b / r).read_bytes() for r in fa if r.name != "run_stats.json"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["memory", "scaling"])
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--dataset", default="cifar10")
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--pools", type=int, nargs="+", default=[300, 3000])
+    ap.add_argument("--pool", type=int, default=100)
+    ap.add_argument("--estimator", default="leverage")
+    ap.add_argument("--budget", type=int, default=256)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    report = {
+        "date": str(date.today()),
+        "cpus": os.cpu_count(),
+        "what": args.what,
+        "dataset": args.dataset,
+        "ipc": args.ipc,
+        "estimator": args.estimator,
+        "budget": args.budget,
+        "runs": [],
+    }
+    work = Path(tempfile.mkdtemp(prefix="infoutil-bench-"))
+    try:
+        if args.what == "memory":
+            for pool in args.pools:
+                # ru_maxrss of children is a running maximum: measure each pool in its own
+                # python so that the number belongs to that run alone
+                cmd = [
+                    sys.executable,
+                    "-c",
+                    "import resource,subprocess,sys,json;"
+                    "r=subprocess.run(sys.argv[1:]);"
+                    "print(json.dumps({'rc':r.returncode,'peak_kib':"
+                    "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))",
+                    *distill_cmd(args, work / f"out{pool}", pool, [sys.executable]),
+                ]
+                t0 = time.perf_counter()
+                proc = subprocess.run(
+                    cmd,
+                    capture_output=True,
+                    text=True,
+                    env=dict(os.environ, INFOUTIL_CACHE=str(work / f"c{pool}")),
+                )
+                line = json.loads(proc.stdout.strip().splitlines()[-1])
+                if line["rc"] != 0:
+                    raise SystemExit(proc.stderr[-3000:])
+                report["runs"].append(
+                    {
+                        "candidates_per_class": pool,
+                        "seconds": round(time.perf_counter() - t0, 1),
+                        "peak_rss_mib": round(line["peak_kib"] / 1024, 1),
+                    }
+                )
+                print(report["runs"][-1], flush=True)
+        else:
+            one = run(distill_cmd(args, work / "one", args.pool, [sys.executable]), work / "c1")
+            two = run(
+                distill_cmd(
+                    args,
+                    work / "two",
+                    args.pool,
+                    [
+                        sys.executable,
+                        "-m",
+                        "torch.distributed.run",
+                        "--standalone",
+                        "--nproc-per-node",
+                        "2",
+                    ],
+                ),
+                work / "c2",
+            )
+            report["runs"] = [dict(one, processes=1), dict(two, processes=2)]
+            report["speedup"] = round(one["seconds"] / two["seconds"], 3)
+            report["identical_output"] = same_files(work / "one", work / "two")
+            report["candidates_per_class"] = args.pool
+            print(report, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
