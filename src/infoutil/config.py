@@ -61,7 +61,7 @@ class UtilityConfig(Strict):
     grad_norm: Literal["full", "last_layer"] = "full"  # paper: all parameters
     crop_input: Literal["resize", "pad"] = "resize"  # ours; RDED zero-pads ("pad")
     select: Literal["highest", "lowest"] = "highest"  # paper: highest; lowest is an ablation
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)  # crops per vmap call (small is faster on CPU)
 
 
 class RdedConfig(Strict):
