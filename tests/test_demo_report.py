@@ -113,3 +113,11 @@ def test_a_report_from_a_small_real_run(tmp_path, data_root):
     assert {Path(s).name for s in parsed.images} == {
         p.name for p in (page.parent / "figures").iterdir()
     }
+
+
+def test_the_readme_library_example_runs():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert tuple(namespace["maps"].shape) == (8, 4, 4)
