@@ -64,8 +64,6 @@ def _save_optimizer(out_dir: Path, epoch: int, model, opt) -> None:
             if buf is not None:
                 tensors[f"momentum.{names[id(p)]}"] = buf
     atomic_save_tensors(_state_path(out_dir, epoch), tensors)
-    old = _state_path(out_dir, epoch - 1)
-    old.unlink(missing_ok=True)
 
 
 def _load_optimizer(out_dir: Path, epoch: int, model, opt) -> None:
@@ -200,8 +198,10 @@ def train_teacher(
                 "config": cfg.model_dump(),
             }
             if ctx.is_main:
-                meta = save_teacher_epoch(out_dir, model, meta)
+                # optimizer state first: once the epoch's JSON exists, resuming from it works
                 _save_optimizer(out_dir, epoch + 1, model, opt)
+                meta = save_teacher_epoch(out_dir, model, meta)
+                _state_path(out_dir, epoch).unlink(missing_ok=True)  # the previous epoch's
                 seconds = time.perf_counter() - t0
                 rate = n / train_seconds
                 with open(out_dir / "train_log.jsonl", "ab") as f:
