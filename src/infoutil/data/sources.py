@@ -200,7 +200,7 @@ def _imagefolder_arrays(
     return _cached_arrays(cache_dir, key, build)
 
 
-def _find_split_sources(base: Path, name: str) -> tuple[Path, Path, str] | None:
+def _find_split_sources(base: Path) -> tuple[Path, Path, str] | None:
     """(train source, test source, test split name): zips or folders under ``base``."""
     for test_split in ("test", "val"):
         for kind in ("zip", "dir"):
@@ -225,7 +225,7 @@ def _load_imagefolder_cached(
     std,
     cache_dir: Path,
 ) -> TensorImageDataset:
-    found = _find_split_sources(base, name)
+    found = _find_split_sources(base)
     if found is None:
         raise UserError(f"{base}: expected train.zip and test.zip, or train/ and test/ folders")
     train_src, test_src, test_split = found
@@ -323,7 +323,7 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 def load_cifar10(root: Path | None, split: str, download: bool, cache_dir: Path) -> ImageDataset:
     root = _need_root(root, "cifar10")
     for base in (root / "cifar10", root / "CIFAR10", root):
-        if _find_split_sources(base, "cifar10") is not None:
+        if _find_split_sources(base) is not None:
             ds = _load_imagefolder_cached(
                 "cifar10", base, split, 3, 32, CIFAR10_MEAN, CIFAR10_STD, cache_dir
             )
@@ -437,7 +437,7 @@ def load_fashion_mnist(root: Path | None, split: str, download: bool, cache_dir:
 def load_imagefolder(path: Path, split: str, image_size: int | None) -> ImageDataset:
     if not path.is_dir():
         raise UserError(f"imagefolder {path} does not exist or is not a directory")
-    found = _find_split_sources(path, "imagefolder")
+    found = _find_split_sources(path)
     if found is None or found[0].is_file():
         raise UserError(f"{path}: expected train/<class>/... and val/ or test/ folders")
     test_split = found[2]

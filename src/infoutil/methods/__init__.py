@@ -88,7 +88,7 @@ def distill(
             mc = MethodContext(cfg, train, judge, store_root, timer, ctx, progress, compute)
             selection = None if cfg.method == "full" else METHODS[cfg.method](mc)
             if ctx.is_main:
-                _write(stage, out, cfg, train, judge, labeller, selection, timer, start, mc.factor)
+                _write(stage, out, cfg, train, judge, labeller, selection, timer, start)
         except BaseException:
             # Scores are kept in the store; a half-written output is not left behind.
             if stage is not None and stage.exists():
@@ -117,7 +117,6 @@ def _write(
     selection: Selection | None,
     timer: StageTimer,
     start: float,
-    factor: int,
 ) -> None:
     info = train.info
     manifest = {
