@@ -1,7 +1,8 @@
 """Peak memory and scaling of `infoutil distill` (issues "Reliability" and "Scale out").
 
 `memory`: the same distillation with pools of P and 10 x P candidates per class, each in a fresh
-process with a fresh score cache; peak RSS from the kernel (ru_maxrss of the child).
+process with a fresh score cache; peak RSS from the kernel (ru_maxrss of the child) and the
+wall time of each stage (from the run's run_stats.json); `--methods infoutil rded` for a ratio.
 `scaling`: the same distillation with 1 process and with `torchrun --nproc-per-node 2` (gloo,
 one thread per process), fresh caches; wall time, speedup, and whether the outputs are
 byte-identical. The load average before each run says how many cores were actually free.
@@ -45,14 +46,16 @@ def run(cmd: list[str], cache: Path) -> dict:
     }
 
 
-def distill_cmd(args, out: Path, pool: int, launcher: list[str]) -> list[str]:
+def distill_cmd(
+    args, out: Path, pool: int, launcher: list[str], method: str = "infoutil"
+) -> list[str]:
     return [
         *launcher,
         "-m",
         "infoutil",
         "distill",
         "--method",
-        "infoutil",
+        method,
         "--dataset",
         args.dataset,
         "--teacher",
@@ -73,6 +76,40 @@ def distill_cmd(args, out: Path, pool: int, launcher: list[str]) -> list[str]:
     ]
 
 
+def measure_memory(args, work: Path, method: str, pool: int) -> dict:
+    # ru_maxrss of children is a running maximum: measure each run in its own python so that
+    # the number belongs to that run alone
+    out = work / f"{method}{pool}"
+    cmd = [
+        sys.executable,
+        "-c",
+        "import resource,subprocess,sys,json;"
+        "r=subprocess.run(sys.argv[1:]);"
+        "print(json.dumps({'rc':r.returncode,'peak_kib':"
+        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))",
+        *distill_cmd(args, out, pool, [sys.executable], method),
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, INFOUTIL_CACHE=str(work / f"c-{method}{pool}")),
+    )
+    lines = proc.stdout.strip().splitlines()
+    line = json.loads(lines[-1])
+    if line["rc"] != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    return {
+        "method": method,
+        "candidates_per_class": pool,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "peak_rss_mib": round(line["peak_kib"] / 1024, 1),
+        "stages": json.loads((out / "run_stats.json").read_text())["stages"],
+        "summary": lines[-2] if len(lines) > 1 else "",
+    }
+
+
 def same_files(a: Path, b: Path) -> bool:
     fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
@@ -89,6 +126,7 @@ def main() -> None:
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--pools", type=int, nargs="+", default=[300, 3000])
     ap.add_argument("--pool", type=int, default=100)
+    ap.add_argument("--methods", nargs="+", default=["infoutil"], help="memory: methods to run")
     ap.add_argument("--estimator", default="leverage")
     ap.add_argument("--budget", type=int, default=256)
     ap.add_argument("--out", required=True)
@@ -106,36 +144,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="infoutil-bench-"))
     try:
         if args.what == "memory":
-            for pool in args.pools:
-                # ru_maxrss of children is a running maximum: measure each pool in its own
-                # python so that the number belongs to that run alone
-                cmd = [
-                    sys.executable,
-                    "-c",
-                    "import resource,subprocess,sys,json;"
-                    "r=subprocess.run(sys.argv[1:]);"
-                    "print(json.dumps({'rc':r.returncode,'peak_kib':"
-                    "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))",
-                    *distill_cmd(args, work / f"out{pool}", pool, [sys.executable]),
-                ]
-                t0 = time.perf_counter()
-                proc = subprocess.run(
-                    cmd,
-                    capture_output=True,
-                    text=True,
-                    env=dict(os.environ, INFOUTIL_CACHE=str(work / f"c{pool}")),
-                )
-                line = json.loads(proc.stdout.strip().splitlines()[-1])
-                if line["rc"] != 0:
-                    raise SystemExit(proc.stderr[-3000:])
-                report["runs"].append(
-                    {
-                        "candidates_per_class": pool,
-                        "seconds": round(time.perf_counter() - t0, 1),
-                        "peak_rss_mib": round(line["peak_kib"] / 1024, 1),
-                    }
-                )
-                print(report["runs"][-1], flush=True)
+            for method in args.methods:
+                for pool in args.pools:
+                    report["runs"].append(measure_memory(args, work, method, pool))
+                    print(report["runs"][-1], flush=True)
         else:
             one = run(distill_cmd(args, work / "one", args.pool, [sys.executable]), work / "c1")
             two = run(
