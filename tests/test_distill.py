@@ -55,6 +55,9 @@ def test_distilled_set_round_trips(distilled):
     # the images are the selected crops, resized to full size
     train_img = ds.images[0]
     assert train_img.float().std() > 0
+    stats = json.loads((distilled / "run_stats.json").read_text())
+    assert [st["stage"] for st in stats["stages"]][:2] == ["shapley", "utility"]
+    assert stats["peak_rss_mib"] > 100  # torch alone is larger than this
 
 
 def test_same_seed_same_bytes_from_scratch(

@@ -28,7 +28,7 @@ from infoutil.io.distilled import (
 from infoutil.io.lock import output_lock
 from infoutil.methods import baselines, infoutil, rded
 from infoutil.methods.common import MethodContext, Selection, assemble, soft_labels
-from infoutil.runtime import StageTimer, resolve_device
+from infoutil.runtime import StageTimer, peak_rss_mib, resolve_device
 
 METHODS: dict[str, Callable[[MethodContext], Selection]] = {
     "infoutil": infoutil.select,
@@ -159,7 +159,8 @@ def _write(
     n_candidates = len(selection.scores.get("candidates", []))
     print(
         f"distilled {cfg.method} {info.name} ipc={cfg.ipc} -> {out} | "
-        + timer.summary(n_candidates or None),
+        + timer.summary(n_candidates or None)
+        + f" | peak RSS {peak_rss_mib()} MiB",
         flush=True,
     )
 
@@ -167,4 +168,5 @@ def _write(
 def _stats(timer: StageTimer, start: float) -> dict:
     d = timer.to_dict()
     d["total_seconds"] = round(time.perf_counter() - start, 3)
+    d["peak_rss_mib"] = peak_rss_mib()
     return d

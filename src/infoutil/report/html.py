@@ -263,6 +263,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                         for st in stats.get("stages", [])
                     ),
                     "total time (s)": stats.get("total_seconds"),
+                    "peak memory (MiB RSS)": stats.get("peak_rss_mib"),
                 }
             )
         )
