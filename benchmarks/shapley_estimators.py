@@ -75,6 +75,14 @@ def captum_maps(model, x, y, budget: int, seed: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+def save(report: dict, rows: list, out: str) -> None:
+    """Write what is measured so far, so that a slow or failed row loses nothing before it."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_suffix(".tmp")
+    tmp.write_text(json.dumps({**report, "estimators": rows}, indent=2) + "\n")
+    tmp.replace(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", required=True)
@@ -138,49 +146,6 @@ def main() -> None:
     report["exact_reference"] = "torch.compile" if args.compile_reference else "eager"
     report["exact_forwards_per_second"] = len(x) * 65536 / report["exact_seconds"]
 
-    rows = []
-    for est in ESTIMATORS:
-        for b in BUDGETS:
-            if est == "permutation" and b < 32:
-                continue
-            t0 = time.perf_counter()
-            maps = patch_shapley(
-                model,
-                x,
-                y,
-                estimator=est,
-                budget=b,
-                seed=torch.arange(len(x)) + 1000,
-                batch_size=2048,
-            )
-            rows.append(
-                {
-                    "estimator": est,
-                    "budget": b,
-                    **metrics(maps, exact),
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            print(rows[-1], flush=True)
-    try:
-        import captum  # noqa: F401
-
-        for b in (*BUDGETS, 1024, 2048):
-            t0 = time.perf_counter()
-            maps = captum_maps(model, x, y, b, seed=b)
-            rows.append(
-                {
-                    "estimator": "captum-kernelshap",
-                    "budget": b,
-                    **metrics(maps, exact),
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            print(rows[-1], flush=True)
-    except ImportError:
-        report["captum"] = "not installed"
-    report["estimators"] = rows
-
     # engine overhead: masked forwards per second vs the plain batched forward, same run
     n = 64
     t0 = time.perf_counter()
@@ -226,6 +191,52 @@ def main() -> None:
         "spearman_last_layer_vs_full": rho,
     }
     print(report["grad_norms"], flush=True)
+    rows = []
+    for est in ESTIMATORS:
+        for b in BUDGETS:
+            if est == "permutation" and b < 32:
+                continue
+            t0 = time.perf_counter()
+            maps = patch_shapley(
+                model,
+                x,
+                y,
+                estimator=est,
+                budget=b,
+                seed=torch.arange(len(x)) + 1000,
+                batch_size=2048,
+            )
+            rows.append(
+                {
+                    "estimator": est,
+                    "budget": b,
+                    **metrics(maps, exact),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            print(rows[-1], flush=True)
+            save(report, rows, args.out)
+    try:
+        import captum  # noqa: F401
+        import sklearn  # noqa: F401  (captum's KernelShap fits its regression with it)
+
+        for b in (*BUDGETS, 1024, 2048):
+            t0 = time.perf_counter()
+            maps = captum_maps(model, x, y, b, seed=b)
+            rows.append(
+                {
+                    "estimator": "captum-kernelshap",
+                    "budget": b,
+                    **metrics(maps, exact),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            print(rows[-1], flush=True)
+            save(report, rows, args.out)
+    except ImportError:
+        report["captum"] = "not installed (pip install captum scikit-learn)"
+    report["estimators"] = rows
+
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
