@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import platform
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from infoutil.attribution.patch import baseline_images, patch_shapley
 from infoutil.data import load_dataset, per_class_sample
 from infoutil.data.augment import to_float
+from infoutil.io.atomic import atomic_save_tensors, atomic_write_json
 from infoutil.io.checkpoint import load_teacher
 from infoutil.selection.crops import pool_map
 from infoutil.selection.utility import grad_norms, grad_norms_loop
@@ -75,12 +75,21 @@ def captum_maps(model, x, y, budget: int, seed: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def save(report: dict, rows: list, out: str) -> None:
-    """Write what is measured so far, so that a slow or failed row loses nothing before it."""
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out).with_suffix(".tmp")
-    tmp.write_text(json.dumps({**report, "estimators": rows}, indent=2) + "\n")
-    tmp.replace(out)
+def measure(rows: list, report: dict, out: str, estimator: str, budget: int, compute, exact):
+    """One row: the maps from ``compute()`` against exact, timed; the report is rewritten after
+    every row, so that a slow or failed row loses nothing measured before it."""
+    t0 = time.perf_counter()
+    maps = compute()
+    rows.append(
+        {
+            "estimator": estimator,
+            "budget": budget,
+            **metrics(maps, exact),
+            "seconds": time.perf_counter() - t0,
+        }
+    )
+    print(rows[-1], flush=True)
+    atomic_write_json(out, {**report, "estimators": rows})
 
 
 def main() -> None:
@@ -136,9 +145,7 @@ def main() -> None:
             reference, x[i : i + 10], y[i : i + 10], estimator="exact", batch_size=4096
         )
         took = time.perf_counter() - t0
-        tmp = block.with_suffix(".tmp")
-        save_file({"exact": maps, "seconds": torch.tensor(took)}, str(tmp))
-        tmp.replace(block)
+        atomic_save_tensors(block, {"exact": maps, "seconds": torch.tensor(took)})
         blocks.append(maps)
         seconds += took
     exact = torch.cat(blocks)
@@ -191,54 +198,44 @@ def main() -> None:
         "spearman_last_layer_vs_full": rho,
     }
     print(report["grad_norms"], flush=True)
-    rows = []
+    rows: list = []
     for est in ESTIMATORS:
         for b in BUDGETS:
-            if est == "permutation" and b < 32:
-                continue
-            t0 = time.perf_counter()
-            maps = patch_shapley(
-                model,
-                x,
-                y,
-                estimator=est,
-                budget=b,
-                seed=torch.arange(len(x)) + 1000,
-                batch_size=2048,
+            measure(
+                rows,
+                report,
+                args.out,
+                est,
+                b,
+                lambda est=est, b=b: patch_shapley(
+                    model,
+                    x,
+                    y,
+                    estimator=est,
+                    budget=b,
+                    seed=torch.arange(len(x)) + 1000,
+                    batch_size=2048,
+                ),
+                exact,
             )
-            rows.append(
-                {
-                    "estimator": est,
-                    "budget": b,
-                    **metrics(maps, exact),
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            print(rows[-1], flush=True)
-            save(report, rows, args.out)
+    # check the optional packages first: an ImportError inside captum must not read as "absent"
     try:
         import captum  # noqa: F401
         import sklearn  # noqa: F401  (captum's KernelShap fits its regression with it)
-
-        for b in (*BUDGETS, 1024, 2048):
-            t0 = time.perf_counter()
-            maps = captum_maps(model, x, y, b, seed=b)
-            rows.append(
-                {
-                    "estimator": "captum-kernelshap",
-                    "budget": b,
-                    **metrics(maps, exact),
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            print(rows[-1], flush=True)
-            save(report, rows, args.out)
     except ImportError:
         report["captum"] = "not installed (pip install captum scikit-learn)"
-    report["estimators"] = rows
-
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    else:
+        for b in (*BUDGETS, 1024, 2048):
+            measure(
+                rows,
+                report,
+                args.out,
+                "captum-kernelshap",
+                b,
+                lambda b=b: captum_maps(model, x, y, b, seed=b),
+                exact,
+            )
+    atomic_write_json(args.out, {**report, "estimators": rows})
 
 
 if __name__ == "__main__":
