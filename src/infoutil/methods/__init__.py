@@ -152,15 +152,16 @@ def _write(
     timer.count("soft labels", logits.shape[0] * logits.shape[1])
     manifest.update(factor=selection.factor, num_images=len(images), images=entries)
     with timer.stage("write"):
+        stats = _stats(timer, start)
         write_distilled_files(
-            stage, info, images, labels, logits, manifest, selection.scores, _stats(timer, start)
+            stage, info, images, labels, logits, manifest, selection.scores, stats
         )
         finish_output(stage, out)
     n_candidates = len(selection.scores.get("candidates", []))
     print(
         f"distilled {cfg.method} {info.name} ipc={cfg.ipc} -> {out} | "
         + timer.summary(n_candidates or None)
-        + f" | peak RSS {peak_rss_mib()} MiB",
+        + f" | peak RSS {stats['peak_rss_mib']} MiB",
         flush=True,
     )
 
