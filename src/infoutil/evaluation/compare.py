@@ -26,6 +26,13 @@ COLUMNS = [
 ]
 
 
+def format_accuracy(mean: float, std: float, seeds: int) -> str:
+    """``58.40 +- 0.21`` in percent; one seed has no spread, so no ``+- 0.00`` either."""
+    if seeds < 2:
+        return f"{100 * mean:.2f}"
+    return f"{100 * mean:.2f} +- {100 * std:.2f}"
+
+
 def collect_results(paths: list[str | Path]) -> list[dict]:
     """Every ``results.json`` at or below the given paths, sorted for a stable table."""
     found: list[dict] = []
@@ -79,7 +86,7 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['method']} | {r['dataset']} | {r['ipc'] if r['ipc'] is not None else 'all'} | "
             f"{r['student']} | {r['protocol']} | {r['epochs']} | {teacher} | "
-            f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} | {r['seeds']} | {dist} |"
+            f"{format_accuracy(r['mean'], r['std'], r['seeds'])} | {r['seeds']} | {dist} |"
         )
     return "\n".join(lines) + "\n"
 

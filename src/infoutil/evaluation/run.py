@@ -18,6 +18,7 @@ from infoutil import distributed
 from infoutil.config import ProtocolConfig
 from infoutil.data import load_dataset, per_class_sample, subset
 from infoutil.errors import UserError
+from infoutil.evaluation.compare import format_accuracy
 from infoutil.evaluation.student import StudentRun, rded_batch_size, train_student
 from infoutil.io.atomic import atomic_write_json
 from infoutil.io.checkpoint import check_teacher_fits, load_teacher
@@ -119,7 +120,7 @@ def evaluate(
     if ctx.is_main and progress:
         print(
             f"{results['method']} {results['dataset']} ipc={results['ipc']} {student}: "
-            f"{100 * results['mean']:.2f} +- {100 * results['std']:.2f} "
+            f"{format_accuracy(results['mean'], results['std'], len(seeds))} "
             f"(last epoch, {len(seeds)} seed(s)) -> {out / 'results.json'}",
             flush=True,
         )

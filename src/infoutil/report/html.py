@@ -18,7 +18,12 @@ import torch
 from safetensors.torch import load_file
 
 from infoutil.errors import UserError
-from infoutil.evaluation.compare import collect_results, markdown_table, summary_rows
+from infoutil.evaluation.compare import (
+    collect_results,
+    format_accuracy,
+    markdown_table,
+    summary_rows,
+)
 from infoutil.io.atomic import atomic_write_bytes
 from infoutil.io.distilled import load_distilled
 from infoutil.report.plots import _plt, image_grid, plot_accuracy_vs_ipc, save_figure
@@ -125,6 +130,8 @@ def candidates_figure(scores: dict, info, path: Path, max_rows: int = 10) -> Non
         for a in axes[r]:
             a.set_xticks([])
             a.set_yticks([])
+    # room for the crops' two-line titles, which otherwise run into the row above
+    fig.subplots_adjust(hspace=0.55, wspace=0.35)
     save_figure(fig, path)
 
 
@@ -317,7 +324,7 @@ def _summary(evals: list[Path]) -> str:
     records = collect_results(evals)
     items = "".join(
         f"<li><b>{html.escape(r['method'])}</b>, {html.escape(r['dataset'])} IPC {r['ipc']}: "
-        f"{100 * r['mean']:.2f}% (+- {100 * r['std']:.2f}, {len(r['seeds'])} seed(s), "
+        f"{format_accuracy(r['mean'], r['std'], len(r['seeds']))}% ({len(r['seeds'])} seed(s), "
         f"{html.escape(r['student'])} student, {r['epochs']} epochs)</li>"
         for r in records
     )
