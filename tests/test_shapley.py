@@ -211,3 +211,21 @@ def test_same_seed_same_values_other_seed_other_values():
 def test_too_small_a_budget_is_refused_with_a_reason(estimator, budget):
     with pytest.raises(UserError, match="budget"):
         make_design(16, estimator, budget, torch.Generator())
+
+
+@pytest.mark.parametrize("n", [8, 16, 20])
+def test_leverage_designs_nest_as_the_budget_grows(n):
+    """With one seed, a larger budget draws every coalition of a smaller one (and more)."""
+
+    def keys(design):
+        bits = 1 << torch.arange(n, dtype=torch.int64)
+        return set((design.coalitions.to(torch.int64) * bits).sum(1).tolist())
+
+    for seed in range(5):
+        previous = set()
+        for budget in (64, 128, 256, 512, 1024):
+            design = make_design(n, "leverage", budget, torch.Generator().manual_seed(seed))
+            current = keys(design)
+            assert len(current) == design.size  # distinct coalitions
+            assert previous <= current
+            previous = current

@@ -15,7 +15,9 @@ arithmetic is one matrix product. Estimators:
     Leverage SHAP (Musco & Witter 2025): coalition sizes uniform (the leverage scores),
     drawn without replacement, paired, with the border sizes enumerated whole when the budget
     covers them, and the same projected solve. Each size's sample is weighted by its share of
-    the kernel objective, so a budget of ``2^n`` returns the exact values.
+    the kernel objective, so a budget of ``2^n`` returns the exact values. Each size draws
+    from its own seeded sequence, so with one seed a larger budget's coalitions contain a
+    smaller budget's (the designs nest, up to rounding of the per-size counts).
 ``permutation``
     Antithetic permutation sampling: each random order and its reverse; the marginal
     contributions along each order telescope, so efficiency holds exactly.
@@ -237,25 +239,36 @@ def _allocate(share: list[float], capacity: list[int], total: int) -> list[int]:
     return counts
 
 
+ENUMERATE_CLASS_LIMIT = 200_000  # classes up to this size are drawn from a full listing
+
+
+@functools.lru_cache(maxsize=64)
+def _class_members(n: int, t: int, self_paired: bool) -> torch.Tensor:
+    """Every subset of size ``t`` as a bool ``[capacity, n]`` matrix, in a fixed order
+    (one representative per complement pair when ``self_paired``)."""
+    combos = [c for c in itertools.combinations(range(n), t) if not self_paired or 0 in c]
+    masks = torch.zeros((len(combos), n), dtype=torch.bool)
+    if t:
+        masks.scatter_(1, torch.tensor(combos, dtype=torch.int64), True)
+    return masks
+
+
 def _distinct_subsets(
-    n: int, t: int, count: int, capacity: int, self_paired: bool, g: torch.Generator
-) -> list[torch.Tensor]:
-    """``count`` distinct subsets of size ``t`` (up to complement when ``self_paired``)."""
-    if count >= capacity or (count * 2 >= capacity and capacity <= 200_000):
-        combos = [
-            c for c in itertools.combinations(range(n), t) if not self_paired or 0 in c
-        ]  # one representative per complement pair
-        pick = torch.randperm(len(combos), generator=g)[:count].tolist()
-        out = []
-        for k in pick:
-            mask = torch.zeros(n, dtype=torch.bool)
-            mask[list(combos[k])] = True
-            out.append(mask)
-        return out
+    n: int, t: int, count: int, capacity: int, self_paired: bool, seed: int
+) -> torch.Tensor:
+    """The first ``count`` of a seeded random sequence of distinct subsets of size ``t``.
+
+    The sequence does not depend on ``count``, so a larger budget draws a superset of a smaller
+    one's subsets (designs nest, and refining an estimate can reuse evaluations).
+    """
+    g = torch.Generator().manual_seed(seed)
+    if capacity <= ENUMERATE_CLASS_LIMIT:
+        members = _class_members(n, t, self_paired)
+        return members[torch.randperm(capacity, generator=g)[:count]]
     seen: set[int] = set()
     out = []
     full = (1 << n) - 1
-    while len(out) < count:
+    while len(out) < count:  # count << capacity here, so rejections are rare
         idx = torch.randperm(n, generator=g)[:t]
         key = int(sum(1 << int(i) for i in idx))
         if self_paired:
@@ -266,7 +279,7 @@ def _distinct_subsets(
         mask = torch.zeros(n, dtype=torch.bool)
         mask[idx] = True
         out.append(mask)
-    return out
+    return torch.stack(out) if out else torch.zeros((0, n), dtype=torch.bool)
 
 
 def regression_design(n: int, budget: int, g: torch.Generator, leverage: bool) -> Design:
@@ -274,20 +287,25 @@ def regression_design(n: int, budget: int, g: torch.Generator, leverage: bool) -
     classes = _pair_classes(n)
     rows: list[torch.Tensor] = []
     sample_weights: list[float] = []
+    blocks: list[torch.Tensor] = []  # leverage: [2c, n] per class, each draw and its complement
+    block_weights: list[torch.Tensor] = []
     if leverage:
         # Uniform over sizes: a class of two sizes (t, n-t) gets twice a self-paired class.
         share = [1.0 if t == n - t else 2.0 for t, _ in classes]
         counts = _allocate(share, [cap for _, cap in classes], pairs)
+        # one seed per class, drawn before any budget-dependent step: designs nest
+        base = int(torch.randint(0, 2**62, (1,), generator=g))
         for (t, cap), c in zip(classes, counts, strict=True):
             if c == 0:
                 continue
-            draws = _distinct_subsets(n, t, c, cap, t == n - t, g)
+            draws = _distinct_subsets(n, t, c, cap, t == n - t, (base + 7919 * t) % 2**63)
             per_size = c * (2 if t == n - t else 1)  # samples of each size in this class
-            for mask in draws:
-                for s_mask in (mask, ~mask):
-                    s = int(s_mask.sum())
-                    rows.append(s_mask)
-                    sample_weights.append(_size_mass(n, s) / per_size)
+            block = torch.stack([draws, ~draws], 1).reshape(-1, n)
+            blocks.append(block)
+            # sizes t and n - t have the same kernel mass
+            block_weights.append(
+                torch.full((len(block),), _size_mass(n, t) / per_size, dtype=torch.float64)
+            )
     else:
         sizes = torch.arange(1, n)
         mass = torch.tensor([_size_mass(n, int(s)) for s in sizes], dtype=torch.float64)
@@ -297,8 +315,12 @@ def regression_design(n: int, budget: int, g: torch.Generator, leverage: bool) -
             mask[torch.randperm(n, generator=g)[:s]] = True
             rows += [mask, ~mask]
             sample_weights += [1.0, 1.0]
-    Z = torch.stack(rows) if rows else torch.zeros((0, n), dtype=torch.bool)
-    w = torch.tensor(sample_weights, dtype=torch.float64)
+    if leverage:
+        Z = torch.cat(blocks) if blocks else torch.zeros((0, n), dtype=torch.bool)
+        w = torch.cat(block_weights) if blocks else torch.zeros(0, dtype=torch.float64)
+    else:
+        Z = torch.stack(rows) if rows else torch.zeros((0, n), dtype=torch.bool)
+        w = torch.tensor(sample_weights, dtype=torch.float64)
     coalitions = torch.cat(
         [torch.zeros((1, n), dtype=torch.bool), torch.ones((1, n), dtype=torch.bool), Z]
     )
