@@ -100,6 +100,34 @@ def measure(rows: list, report: dict, out: str, estimator: str, budget, compute,
     atomic_write_json(out, {**report, "estimators": rows})
 
 
+def versus_captum(rows: list, default: dict, images: int) -> dict:
+    """The evaluations captum's KernelShap needs to match the default's crop agreement.
+
+    Two readings: the first budget at which captum reaches the default's mean agreement over
+    seeds, and the first at which it comes within one image of it (the resolution of a single
+    run). The ratio is taken at the second, the reading less favourable to us.
+    """
+    captum = [r for r in rows if r["estimator"] == "captum-kernelshap"]
+    target = default["crop_agreement"]
+
+    def first(level):
+        hits = [r["budget"] for r in captum if r["crop_agreement"] >= level - 1e-9]
+        return hits[0] if hits else None
+
+    mean_match, near_match = first(target), first(target - 1.0 / images)
+    largest = max((r["budget"] for r in captum), default=None)
+    used = near_match if near_match is not None else largest
+    return {
+        "default_crop_agreement": target,
+        "default_budget": default["budget"],
+        "captum_budget_reaching_the_mean": mean_match,
+        "captum_budget_within_one_image": near_match,
+        "captum_largest_budget_tried": largest,
+        "ratio": used / default["budget"] if used else None,
+        "ratio_is_lower_bound": near_match is None,  # captum never came within one image
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", required=True)
@@ -280,20 +308,7 @@ def main() -> None:
             )
             if rows[-1]["crop_agreement"] >= target:
                 break  # captum has matched the default; larger budgets only cost time
-        reached = [
-            r["budget"]
-            for r in rows
-            if r["estimator"] == "captum-kernelshap" and r["crop_agreement"] >= target
-        ]
-        report["versus_captum"] = {
-            "default_crop_agreement": target,
-            "default_budget": default_budget,
-            "captum_budget_for_the_same_agreement": reached[0] if reached else None,
-            "captum_largest_budget_tried": max(CAPTUM_BUDGETS),
-            # a lower bound when captum did not match the default within the budgets tried
-            "ratio": (reached[0] if reached else max(CAPTUM_BUDGETS)) / default_budget,
-            "ratio_is_lower_bound": not reached,
-        }
+        report["versus_captum"] = versus_captum(rows, report["default"], len(x))
         print(report["versus_captum"], flush=True)
     atomic_write_json(args.out, {**report, "estimators": rows})
 
