@@ -259,16 +259,16 @@ def _distinct_subsets(
     """The first ``count`` of a seeded random sequence of distinct subsets of size ``t``.
 
     The sequence does not depend on ``count``, so a larger budget draws a superset of a smaller
-    one's subsets (designs nest, and refining an estimate can reuse evaluations).
+    one's subsets (the designs nest). A class drawn whole is listed, however large.
     """
     g = torch.Generator().manual_seed(seed)
-    if capacity <= ENUMERATE_CLASS_LIMIT:
+    if capacity <= ENUMERATE_CLASS_LIMIT or count >= capacity:
         members = _class_members(n, t, self_paired)
         return members[torch.randperm(capacity, generator=g)[:count]]
     seen: set[int] = set()
     out = []
     full = (1 << n) - 1
-    while len(out) < count:  # count << capacity here, so rejections are rare
+    while len(out) < count:  # count < capacity: rejections are rare unless it is close
         idx = torch.randperm(n, generator=g)[:t]
         key = int(sum(1 << int(i) for i in idx))
         if self_paired:
@@ -285,9 +285,7 @@ def _distinct_subsets(
 def regression_design(n: int, budget: int, g: torch.Generator, leverage: bool) -> Design:
     pairs = (budget - 2) // 2
     classes = _pair_classes(n)
-    rows: list[torch.Tensor] = []
-    sample_weights: list[float] = []
-    blocks: list[torch.Tensor] = []  # leverage: [2c, n] per class, each draw and its complement
+    blocks: list[torch.Tensor] = []  # draws followed by their complements, row-interleaved
     block_weights: list[torch.Tensor] = []
     if leverage:
         # Uniform over sizes: a class of two sizes (t, n-t) gets twice a self-paired class.
@@ -313,14 +311,10 @@ def regression_design(n: int, budget: int, g: torch.Generator, leverage: bool) -
         for s in drawn.tolist():
             mask = torch.zeros(n, dtype=torch.bool)
             mask[torch.randperm(n, generator=g)[:s]] = True
-            rows += [mask, ~mask]
-            sample_weights += [1.0, 1.0]
-    if leverage:
-        Z = torch.cat(blocks) if blocks else torch.zeros((0, n), dtype=torch.bool)
-        w = torch.cat(block_weights) if blocks else torch.zeros(0, dtype=torch.float64)
-    else:
-        Z = torch.stack(rows) if rows else torch.zeros((0, n), dtype=torch.bool)
-        w = torch.tensor(sample_weights, dtype=torch.float64)
+            blocks.append(torch.stack([mask, ~mask]))
+            block_weights.append(torch.ones(2, dtype=torch.float64))
+    Z = torch.cat(blocks) if blocks else torch.zeros((0, n), dtype=torch.bool)
+    w = torch.cat(block_weights) if blocks else torch.zeros(0, dtype=torch.float64)
     coalitions = torch.cat(
         [torch.zeros((1, n), dtype=torch.bool), torch.ones((1, n), dtype=torch.bool), Z]
     )
