@@ -236,12 +236,12 @@ def main() -> None:
     print(report["grad_norms"], flush=True)
     rows: list = []
 
-    def leverage(b, seed_offset):
+    def estimate(est, b, seed_offset=1000):
         return patch_shapley(
             model,
             x,
             y,
-            estimator="leverage",
+            estimator=est,
             budget=b,
             seed=torch.arange(len(x)) + seed_offset,
             batch_size=2048,
@@ -258,7 +258,7 @@ def main() -> None:
                 args.out,
                 f"leverage ({name})",
                 b,
-                lambda b=b, s=s: leverage(b, 1000 + 100 * s),
+                lambda b=b, s=s: estimate("leverage", b, 1000 + 100 * s),
                 exact,
                 seed=s,
             )
@@ -277,15 +277,7 @@ def main() -> None:
                 args.out,
                 est,
                 b,
-                lambda est=est, b=b: patch_shapley(
-                    model,
-                    x,
-                    y,
-                    estimator=est,
-                    budget=b,
-                    seed=torch.arange(len(x)) + 1000,
-                    batch_size=2048,
-                ),
+                lambda est=est, b=b: estimate(est, b),
                 exact,
             )
     # check the optional packages first: an ImportError inside captum must not read as "absent"
