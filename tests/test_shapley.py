@@ -18,7 +18,27 @@ from infoutil.attribution.shapley import (
 )
 from infoutil.errors import UserError
 
-SAMPLING = ("kernel", "leverage", "permutation")
+SAMPLING = ("kernel", "leverage", "leverage-gp", "permutation")
+
+
+def fading_fourier_game(n: int, seed: int, decay: float = 0.1):
+    """v(x) = sum_T c_T prod_{i in T} x_i in signs x (+1 present, -1 absent), with every
+    subset T of order <= 5 and Var c_T = decay^(|T|-1): interactions fade with their order,
+    as those of image-patch games do (the spectrum measured in BENCHMARKS.md)."""
+    g = torch.Generator().manual_seed(seed)
+    subsets = [t for k in range(1, 6) for t in itertools.combinations(range(n), k)]
+    coef = torch.randn(len(subsets), generator=g, dtype=torch.float64)
+    coef *= torch.tensor([decay ** ((len(t) - 1) / 2) for t in subsets], dtype=torch.float64)
+
+    incidence = torch.zeros((n, len(subsets)), dtype=torch.float64)
+    for k, t in enumerate(subsets):
+        incidence[list(t), k] = 1.0
+
+    def v(Z):
+        absent_in_t = (~Z).to(torch.float64) @ incidence  # prod of signs = (-1)^(absent count)
+        return (1 - 2 * (absent_in_t % 2)) @ coef
+
+    return v
 
 
 class MobiusGame:
@@ -103,14 +123,22 @@ def test_symmetry_and_dummy(estimator):
         assert float(phi[0]) == pytest.approx(float(phi[1]), abs=1e-12)
         assert float(phi[5]) == pytest.approx(0.0, abs=1e-12)
         return
+
     # sampling estimators: symmetric and dummy in expectation (averaged over seeds)
-    draws = torch.stack(
-        [shapley_values(v, n, estimator=estimator, budget=24, seed=s) for s in range(400)]
-    )
-    se = draws.std(0) / math.sqrt(len(draws))
-    diff = draws[:, 0] - draws[:, 1]
-    assert abs(float(diff.mean())) < 4 * float(diff.std()) / math.sqrt(len(draws)) + 1e-12
-    assert abs(float(draws[:, 5].mean())) < 4 * float(se[5]) + 1e-12
+    def draws(name):
+        return torch.stack(
+            [shapley_values(v, n, estimator=name, budget=24, seed=s) for s in range(400)]
+        )
+
+    phi = draws(estimator)
+    se = phi.std(0) / math.sqrt(len(phi))
+    diff = phi[:, 0] - phi[:, 1]
+    assert abs(float(diff.mean())) < 4 * float(diff.std()) / math.sqrt(len(phi)) + 1e-12
+    if estimator == "leverage-gp":
+        # a posterior mean is biased, a dummy included; its square error is still smaller
+        assert (phi[:, 5] ** 2).mean() < (draws("leverage")[:, 5] ** 2).mean()
+    else:
+        assert abs(float(phi[:, 5].mean())) < 4 * float(se[5]) + 1e-12
     if estimator == "permutation":  # each order gives a dummy exactly zero
         assert shapley_values(v, n, estimator="permutation", budget=24, seed=1)[5] == 0.0
 
@@ -134,6 +162,9 @@ def test_linearity_with_a_shared_design(estimator):
         ("leverage", 4),
         ("leverage", 8),
         ("leverage", 32),
+        ("leverage-gp", 4),
+        ("leverage-gp", 8),
+        ("leverage-gp", 32),
         ("permutation", 4),
         ("permutation", 8),
         ("permutation", 32),
@@ -161,7 +192,7 @@ def test_unpaired_third_order_game_is_not_trivially_exact():
     assert not torch.allclose(phi, game.truth(), atol=1e-6)
 
 
-@pytest.mark.parametrize("estimator", ["kernel", "leverage", "permutation"])
+@pytest.mark.parametrize("estimator", SAMPLING)
 def test_sampling_estimators_converge_to_exact(estimator):
     n = 10
     errors = []
@@ -178,11 +209,33 @@ def test_sampling_estimators_converge_to_exact(estimator):
     assert slope < -0.6  # error falls at least about like 1 / budget
 
 
-def test_leverage_with_the_full_budget_is_exact():
+@pytest.mark.parametrize("estimator", ["leverage", "leverage-gp"])
+def test_the_full_budget_is_exact(estimator):
     n = 8
     game = MobiusGame(n, 5, seed=4)
-    phi = shapley_values(game, n, estimator="leverage", budget=2**n, seed=0)
+    phi = shapley_values(game, n, estimator=estimator, budget=2**n, seed=0)
     assert torch.allclose(phi, game.truth(), atol=1e-9)
+
+
+@pytest.mark.parametrize("budget", [64, 128, 256])
+def test_the_gp_solve_beats_regression_when_interactions_fade(budget):
+    """leverage-gp evaluates leverage's coalitions; on games whose interactions fade with
+    their order its squared error is at most 70% of leverage's (measured: 52-61%)."""
+    n = 12
+    err = {"leverage": 0.0, "leverage-gp": 0.0}
+    for seed in range(8):
+        v = fading_fourier_game(n, seed)
+        truth = shapley_values(v, n, estimator="exact")
+        for name in err:
+            phi = shapley_values(v, n, estimator=name, budget=budget, seed=seed)
+            err[name] += float(((phi - truth) ** 2).sum() / (truth**2).sum())
+    assert err["leverage-gp"] < 0.7 * err["leverage"]
+
+
+def test_the_gp_solve_evaluates_leverages_coalitions():
+    a = make_design(16, "leverage", 300, torch.Generator().manual_seed(2))
+    b = make_design(16, "leverage-gp", 300, torch.Generator().manual_seed(2))
+    assert torch.equal(a.coalitions, b.coalitions)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
