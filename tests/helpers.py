@@ -25,6 +25,11 @@ SMALL_DISTILL = [
 ]
 
 
+def fmnist_distill(teacher, *args: str) -> list[str]:
+    """``distill --dataset fashion-mnist --teacher T`` followed by ``args``."""
+    return ["distill", "--dataset", "fashion-mnist", "--teacher", str(teacher), *args]
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
     """Run ``python -m infoutil ...`` in a fresh process; returns the CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))

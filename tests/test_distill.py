@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from infoutil.config import DistillConfig
+from infoutil.config import DistillConfig, build_config
 from infoutil.errors import UserError
 from infoutil.io.distilled import VARYING_FILES, load_distilled
 from infoutil.methods import distill
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, fmnist_distill, run_cli
 
 SMALL = {"candidates_per_class": 6, "informativeness": {"budget": 32}}
 
@@ -105,11 +105,7 @@ def test_factor_two_stitches_four_patches(fmnist_teacher, data_root, tmp_path):
 def test_bad_ipc_values(fmnist_teacher, data_root, tmp_path):
     for ipc in ("0", "-3"):
         proc = run_cli(
-            "distill",
-            "--dataset",
-            "fashion-mnist",
-            "--teacher",
-            str(fmnist_teacher),
+            *fmnist_distill(fmnist_teacher),
             "--ipc",
             ipc,
             "--out",
@@ -125,11 +121,7 @@ def test_bad_ipc_values(fmnist_teacher, data_root, tmp_path):
 
 def test_finished_output_is_not_overwritten(distilled, fmnist_teacher):
     proc = run_cli(
-        "distill",
-        "--dataset",
-        "fashion-mnist",
-        "--teacher",
-        str(fmnist_teacher),
+        *fmnist_distill(fmnist_teacher),
         "--ipc",
         "2",
         "--out",
@@ -139,3 +131,24 @@ def test_finished_output_is_not_overwritten(distilled, fmnist_teacher):
     )
     assert_one_line_error(proc, "--overwrite")
     load_distilled(distilled)  # still intact
+
+
+def test_a_budget_too_small_is_refused_when_the_config_is_built(fmnist_teacher, tmp_path):
+    """Before any stage runs (no data is read, no progress bar is drawn)."""
+    with pytest.raises(UserError, match="budget 10 is too small .* at least 18"):
+        build_config(
+            DistillConfig, {"dataset": "fashion-mnist", "ipc": 1, "informativeness": {"budget": 10}}
+        )
+    proc = run_cli(
+        *fmnist_distill(fmnist_teacher),
+        "--ipc",
+        "1",
+        "--estimator",
+        "permutation",
+        "--budget",
+        "20",
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert_one_line_error(proc, "budget 20", "at least 32")
+    assert "masked forwards" not in proc.stderr

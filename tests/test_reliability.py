@@ -21,7 +21,7 @@ from infoutil.io.checkpoint import save_teacher_epoch
 from infoutil.io.distilled import COMPLETE, VARYING_FILES, load_distilled
 from infoutil.models import create_model
 from tests.helpers import SMALL_DISTILL as DISTILL
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, fmnist_distill, run_cli
 
 
 def _distill_args(teacher, out):
@@ -241,11 +241,7 @@ def test_config_files_name_the_bad_key(fmnist_teacher, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("ipc: 2\ninformativeness:\n  grid: 4\n  alpah: 2.0\n")
     proc = run_cli(
-        "distill",
-        "--dataset",
-        "fashion-mnist",
-        "--teacher",
-        str(fmnist_teacher),
+        *fmnist_distill(fmnist_teacher),
         "--config",
         str(bad),
         "--out",
@@ -254,11 +250,7 @@ def test_config_files_name_the_bad_key(fmnist_teacher, tmp_path):
     assert_one_line_error(proc, "informativeness.alpah", "unknown key")
     bad.write_text("ipc: 2\ninformativeness:\n  budget: lots\n")
     proc = run_cli(
-        "distill",
-        "--dataset",
-        "fashion-mnist",
-        "--teacher",
-        str(fmnist_teacher),
+        *fmnist_distill(fmnist_teacher),
         "--config",
         str(bad),
         "--out",

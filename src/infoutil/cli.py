@@ -230,7 +230,7 @@ def distill(
         help="Patches per side of a distilled image (default: 1 up to 64 px, else 2).",
     ),
     estimator: str | None = typer.Option(
-        None, "--estimator", help="exact, kernel, leverage or permutation."
+        None, "--estimator", help="leverage-gp (default), leverage, kernel, permutation or exact."
     ),
     budget: int | None = typer.Option(None, "--budget", help="Shapley evaluations per candidate."),
     grad_norm: str | None = typer.Option(None, "--grad-norm", help="full or last_layer."),

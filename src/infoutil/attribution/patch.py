@@ -148,7 +148,7 @@ def patch_shapley(
     grid: int = 4,
     baseline: str = "zero",
     target: str = "prob",
-    estimator: str = "leverage",
+    estimator: str = "leverage-gp",
     budget: int | None = None,
     seed: int | torch.Tensor = 0,
     *,
