@@ -74,23 +74,21 @@ def test_zero_baseline_is_zero_at_the_network_input(game):
     )
 
 
-def test_a_batch_equals_one_image_at_a_time(game):
+@pytest.mark.parametrize("estimator", ["leverage", "leverage-gp"])
+def test_a_batch_equals_one_image_at_a_time(game, estimator):
     model, x, y = game
-    batch = patch_shapley(model, x, y, estimator="leverage", budget=48, seed=3)
-    single = torch.cat(
-        [
-            patch_shapley(
-                model, x[i : i + 1], y[i : i + 1], estimator="leverage", budget=48, seed=3
-            )
-            for i in range(len(x))
-        ]
-    )
+
+    def maps(images, labels, seed, **kw):
+        return patch_shapley(model, images, labels, estimator=estimator, budget=48, seed=seed, **kw)
+
+    batch = maps(x, y, 3)
+    single = torch.cat([maps(x[i : i + 1], y[i : i + 1], 3) for i in range(len(x))])
     assert torch.allclose(batch, single, atol=1e-6)
     seeds = torch.tensor([11, 12, 13, 14])
-    per_image = patch_shapley(model, x, y, estimator="leverage", budget=48, seed=seeds)
-    alone = patch_shapley(model, x[2:3], y[2:3], estimator="leverage", budget=48, seed=seeds[2:3])
+    per_image = maps(x, y, seeds)
+    alone = maps(x[2:3], y[2:3], seeds[2:3])
     assert torch.allclose(per_image[2], alone[0], atol=1e-6)
-    chunked = patch_shapley(model, x, y, estimator="leverage", budget=48, seed=3, batch_size=7)
+    chunked = maps(x, y, 3, batch_size=7)
     assert torch.allclose(batch, chunked, atol=1e-5)
 
 
