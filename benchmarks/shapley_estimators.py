@@ -135,6 +135,11 @@ def versus_captum(rows: list, ours: dict, images: int) -> dict:
     }
 
 
+def sample_key(teacher, idx: torch.Tensor) -> str:
+    """Names the cached games of this teacher on these images (both Shapley benchmarks)."""
+    return hashlib.sha256(f"{teacher.weights_sha256}:{idx.tolist()}".encode()).hexdigest()[:16]
+
+
 def arguments(images: int) -> argparse.ArgumentParser:
     """The options every Shapley benchmark takes (this one and `shapley_prior.py`)."""
     ap = argparse.ArgumentParser()
@@ -179,7 +184,7 @@ def main() -> None:
     # exact maps are cached per block of 10 images, so a killed run keeps what it computed
     cache = Path(args.exact_cache)
     cache.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(f"{teacher.weights_sha256}:{idx.tolist()}".encode()).hexdigest()[:16]
+    key = sample_key(teacher, idx)
     reference = torch.compile(model) if args.compile_reference else model
     blocks, seconds = [], 0.0
     for i in tqdm(range(0, len(x), 10), desc="exact Shapley (blocks of 10 images)"):
@@ -273,9 +278,8 @@ def main() -> None:
         )
 
     # the distill default estimator at several budgets, and plain leverage, over several seeds
-    default_estimator = InformativenessConfig().estimator
-    report["default"] = {"estimator": default_estimator, "budget": InformativenessConfig().budget}
-    seeded = [(default_estimator, b) for b in SEEDED_BUDGETS] + [("leverage", 1024)]
+    report["default"] = {"estimator": cfg.estimator, "budget": cfg.budget}
+    seeded = [(cfg.estimator, b) for b in SEEDED_BUDGETS] + [("leverage", 1024)]
     report["seeded"] = []
     for est, b in seeded:
         agreements, errors = [], []

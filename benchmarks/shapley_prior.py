@@ -16,7 +16,6 @@ once and cached. From each full table, by lookup alone:
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import time
 from datetime import date
@@ -24,7 +23,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from shapley_estimators import arguments  # the sibling script; its folder is on sys.path
+from shapley_estimators import (  # the sibling script; its folder is on sys.path
+    arguments,
+    metrics,
+    sample_key,
+)
 from tqdm import tqdm
 
 from infoutil.attribution.patch import patch_values
@@ -64,7 +67,8 @@ def lookup(design, tables: torch.Tensor) -> torch.Tensor:
 
 
 def relative_error(est: torch.Tensor, exact: torch.Tensor) -> float:
-    return float((((est - exact) ** 2).sum(1) / (exact**2).sum(1)).mean())
+    """The estimator benchmark's mean relative squared error, on flat ``[images, n]`` maps."""
+    return metrics(est.view(-1, 4, 4), exact.view(-1, 4, 4))["relative_error"]
 
 
 def main() -> None:
@@ -77,7 +81,7 @@ def main() -> None:
     k = train.info.num_classes
     idx = per_class_sample(train.targets, k, 10, seed=123)
     positions = [c * 10 + r for r in range(10) for c in range(k)][: args.images]
-    key = hashlib.sha256(f"{teacher.weights_sha256}:{idx.tolist()}".encode()).hexdigest()[:16]
+    key = sample_key(teacher, idx)
     cache = Path(args.tables)
     cache.mkdir(parents=True, exist_ok=True)
     model = torch.compile(teacher.model)

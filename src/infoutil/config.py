@@ -58,13 +58,17 @@ class InformativenessConfig(Strict):
     dedupe: bool = True  # ours: identical (image, box) crops are scored once
     precision: Literal["fp32", "bf16"] = "fp32"
 
+    @property
+    def evaluations(self) -> int:
+        """Teacher forwards per candidate: every coalition for ``exact``, else the budget."""
+        return 2 ** (self.grid**2) if self.estimator == "exact" else self.budget
+
     @model_validator(mode="after")
     def _budget_fits_the_estimator(self):
         # refused here, before any stage runs, with the estimator's own reason
         from infoutil.attribution.shapley import check_budget
 
-        n = self.grid**2
-        check_budget(n, self.estimator, 2**n if self.estimator == "exact" else self.budget)
+        check_budget(self.grid**2, self.estimator, self.evaluations)
         return self
 
 

@@ -51,7 +51,7 @@ def select(mc: MethodContext) -> Selection:
         raise UserError(f"pool_kernel {inf.pool_kernel} is larger than the grid {inf.grid}")
     candidates = candidate_pool(train, cfg.candidates_per_class, cfg.seed)
     labels = train.targets
-    budget = 2 ** (inf.grid**2) if inf.estimator == "exact" else inf.budget
+    budget = inf.evaluations
     shapley_key = dict(
         seed=cfg.seed,
         grid=inf.grid,
