@@ -50,3 +50,17 @@ def assert_one_line_error(proc, *fragments: str) -> None:
     assert "Traceback" not in proc.stderr
     for frag in fragments:
         assert frag in lines[0], (frag, lines[0])
+
+
+def small_config(method: str = "infoutil", **options):
+    """A DistillConfig for a quick real Fashion-MNIST run: IPC 2, 6 candidates per class."""
+    from infoutil.config import DistillConfig
+
+    values = {
+        "method": method,
+        "dataset": "fashion-mnist",
+        "ipc": 2,
+        "candidates_per_class": 6,
+        "informativeness": {"budget": 32},
+    }
+    return DistillConfig(**{**values, **options})

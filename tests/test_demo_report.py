@@ -102,7 +102,8 @@ def test_a_report_from_a_small_real_run(tmp_path, data_root):
         "Configuration",
     ):
         assert section in html, section
-    assert re.search(r"<td>infoutil</td><td>fashion-mnist</td><td>2</td>", html)
+    assert re.search(r"<td>infoutil</td><td>default</td><td>fashion-mnist</td><td>2</td>", html)
+    assert "What the teacher thinks of the selected patches" in html
     assert len(parsed.images) >= 7
     for src in parsed.images:
         path = page.parent / src

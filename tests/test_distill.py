@@ -13,13 +13,11 @@ from infoutil.config import DistillConfig, build_config
 from infoutil.errors import UserError
 from infoutil.io.distilled import VARYING_FILES, load_distilled
 from infoutil.methods import distill
-from tests.helpers import assert_one_line_error, fmnist_distill, run_cli
-
-SMALL = {"candidates_per_class": 6, "informativeness": {"budget": 32}}
+from tests.helpers import assert_one_line_error, fmnist_distill, run_cli, small_config
 
 
 def _cfg(method="infoutil", ipc=2, **kw):
-    return DistillConfig(method=method, dataset="fashion-mnist", ipc=ipc, **{**SMALL, **kw})
+    return small_config(method, ipc=ipc, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +110,95 @@ def test_bad_ipc_values(fmnist_teacher, data_root, tmp_path):
             str(tmp_path / "x"),
         )
         assert_one_line_error(proc, "ipc")
-    with pytest.raises(UserError, match="distinct crops but 31 are needed"):
+    with pytest.raises(UserError, match="30 candidate crops .* but 31 are needed"):
         distill(
             _cfg(ipc=31), fmnist_teacher, tmp_path / "y", data_root=str(data_root), progress=False
         )
     assert not (tmp_path / "y").exists() and not (tmp_path / "y.partial").exists()
+
+
+@pytest.mark.parametrize(
+    "method, args, message",
+    [
+        ("infoutil", ["--ipc", "31"], "30 candidate crops (5 per image) but 31 are needed"),
+        ("rded", ["--ipc", "7"], "only 6 candidates but 7 are needed"),
+        ("herding", ["--ipc", "7"], "only 6 candidates but 7 are needed"),
+    ],
+)
+def test_an_ipc_the_pool_cannot_supply_is_refused_before_scoring(
+    method, args, message, fmnist_teacher, tmp_path
+):
+    cache = tmp_path / "cache"
+    proc = run_cli(
+        *fmnist_distill(fmnist_teacher, "--method", method, "--candidates-per-class", "6"),
+        *args,
+        "--budget",
+        "32",
+        "--out",
+        str(tmp_path / "x"),
+        env={"INFOUTIL_CACHE": str(cache)},
+    )
+    assert_one_line_error(proc, message)
+    assert not (cache / "scores").exists()  # no chunk was scored
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_a_teacher_that_does_not_fit_is_refused_before_decoding(fmnist_teacher, tmp_path):
+    cache = tmp_path / "cache"
+    proc = run_cli(
+        "distill",
+        "--dataset",
+        "cifar10",
+        "--teacher",
+        str(fmnist_teacher),
+        "--ipc",
+        "1",
+        "--out",
+        str(tmp_path / "x"),
+        env={"INFOUTIL_CACHE": str(cache)},
+    )
+    assert_one_line_error(proc, "expects 1x28x28 inputs", "cifar10 gives 3x32x32")
+    assert not cache.exists() or not any(cache.rglob("*.npz"))  # nothing was decoded
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_the_stitch_rules_on_a_tiny_case():
+    from infoutil.methods.common import stitch_blocks, stitch_consecutive
+
+    assert stitch_consecutive(3, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    # RDED's mix_images: slot s of image j is rank s * ipc + j
+    assert stitch_blocks(3, 4) == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
+    assert stitch_blocks(2, 1) == stitch_consecutive(2, 1) == [[0], [1]]
+
+
+def test_rded_at_factor_two_stitches_blocks_of_its_ranking(fmnist_teacher, data_root, tmp_path):
+    out = tmp_path / "rded"
+    distill(
+        _cfg("rded", ipc=2, factor=2, candidates_per_class=8),
+        fmnist_teacher,
+        out,
+        data_root=str(data_root),
+        progress=False,
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stitch"] == "blocks"
+    first_class = [e for e in manifest["images"] if e["class"] == 0]
+    ranked = sorted(p["loss"] for e in first_class for p in e["patches"])
+    for j, entry in enumerate(first_class):
+        assert [p["loss"] for p in entry["patches"]] == [ranked[s * 2 + j] for s in range(4)]
+
+
+def test_a_noisy_crop_equal_to_the_noise_free_one_is_marked_noise_free(
+    fmnist_teacher, data_root, tmp_path
+):
+    out = tmp_path / "alpha0"
+    cfg = _cfg(informativeness={"budget": 32, "alpha": 0.0}, utility={"per_source": "best"})
+    distill(cfg, fmnist_teacher, out, data_root=str(data_root), progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    patches = [p for e in manifest["images"] for p in e["patches"]]
+    # without noise all five boxes coincide: the first is kept, and it is the noise-free crop
+    assert all(p["crop"] == 0 and p["noise_free"] for p in patches)
+    assert manifest["diagnostics"]["selected"]["overall"]["noise_free_share"] == 1.0
 
 
 def test_finished_output_is_not_overwritten(distilled, fmnist_teacher):

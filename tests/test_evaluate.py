@@ -134,7 +134,8 @@ def test_compare_two_runs(two_seeds, sets, data_root, tmp_path):
     # one seed has no spread: the table gives the mean alone, not "+- 0.00"
     assert f"| {100 * res_b['mean']:.2f} | 1 |" in md
     csv_lines = (tmp_path / "table" / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("method,dataset,ipc") and len(csv_lines) == 3
+    assert csv_lines[0].startswith("method,recipe,dataset,ipc") and len(csv_lines) == 3
+    assert ",test," in csv_lines[1]  # the split each row measured
     assert (tmp_path / "table" / "accuracy_vs_ipc_fashion-mnist_convnet3.png").is_file()
 
 

@@ -35,6 +35,13 @@ CacheDir = typer.Option(
 Threads = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's).")
 Device = typer.Option("auto", "--device", help="auto (a GPU if there is one), cpu or cuda.")
 ConfigFile = typer.Option(None, "--config", "-c", help="YAML file of options; flags override it.")
+ValPerClass = typer.Option(
+    None,
+    "--val-per-class",
+    help="Hold out a seeded validation split of N training images per class; nothing in "
+    "this run draws from it (measure on it with 'evaluate --split val').",
+)
+ValSeed = typer.Option(None, "--val-seed", help="Seed of the validation split (default 0).")
 
 
 def _config(cls, config: Path | None, flags: dict, base: dict | None = None):
@@ -84,10 +91,10 @@ def teacher_train(
     dataset: str = typer.Option(
         ..., "--dataset", help="cifar10, cifar100, fashion-mnist or imagefolder:PATH"
     ),
-    arch: str = typer.Option("convnet3", "--arch"),
-    epochs: int = typer.Option(10, "--epochs"),
+    arch: str | None = typer.Option(None, "--arch", help="Default: convnet3."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Default: 10."),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory (one file per epoch)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int | None = typer.Option(None, "--seed", help="Default: 0."),
     batch_size: int | None = typer.Option(None, "--batch-size"),
     lr: float | None = typer.Option(None, "--lr"),
     train_per_class: int | None = typer.Option(
@@ -96,6 +103,8 @@ def teacher_train(
     test_per_class: int | None = typer.Option(
         None, "--test-per-class", help="Measure accuracy on this many test images per class."
     ),
+    val_per_class: int | None = ValPerClass,
+    val_seed: int | None = ValSeed,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     stop_after: int | None = typer.Option(
         None, "--stop-after", help="Stop after this many epochs of this invocation."
@@ -123,6 +132,8 @@ def teacher_train(
             "lr": lr,
             "train_per_class": train_per_class,
             "test_per_class": test_per_class,
+            "val_per_class": val_per_class,
+            "val_seed": val_seed,
         },
     )
 
@@ -205,8 +216,14 @@ Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 @app.command()
 def distill(
-    method: str = typer.Option(
-        "infoutil", "--method", help="infoutil, rded, random, herding, kcenter or full."
+    method: str | None = typer.Option(
+        None, "--method", help="infoutil (default), rded, random, herding, kcenter or full."
+    ),
+    recipe: str | None = typer.Option(
+        None,
+        "--recipe",
+        help="A preset of InfoUtil's free choices: default, or paper (the paper's text read "
+        "literally); other options override it.",
     ),
     dataset: str | None = typer.Option(None, "--dataset"),
     teacher: str = typer.Option(
@@ -234,6 +251,8 @@ def distill(
     ),
     budget: int | None = typer.Option(None, "--budget", help="Shapley evaluations per candidate."),
     grad_norm: str | None = typer.Option(None, "--grad-norm", help="full or last_layer."),
+    val_per_class: int | None = ValPerClass,
+    val_seed: int | None = ValSeed,
     config: Path | None = ConfigFile,
     resume: bool = Resume,
     overwrite: bool = Overwrite,
@@ -253,11 +272,14 @@ def distill(
         config,
         {
             "method": method,
+            "recipe": recipe,
             "dataset": dataset,
             "ipc": ipc,
             "seed": seed,
             "candidates_per_class": candidates_per_class,
             "factor": factor,
+            "val_per_class": val_per_class,
+            "val_seed": val_seed,
             "informativeness": {"estimator": estimator, "budget": budget},
             "utility": {"grad_norm": grad_norm},
         },
@@ -287,6 +309,12 @@ def evaluate(
     ),
     protocol: str = typer.Option(
         "rded", "--protocol", help="rded (online labels) or static (stored per-patch labels)."
+    ),
+    split: str = typer.Option(
+        "test",
+        "--split",
+        help="Measure on 'test' (the real test set, the reported figure) or 'val' (the "
+        "validation split the set was distilled without; for choosing recipes).",
     ),
     epochs: int | None = typer.Option(None, "--epochs"),
     seeds: int = typer.Option(1, "--seeds", help="Train this many students (seeds 0..N-1)."),
@@ -324,6 +352,7 @@ def evaluate(
         overwrite=overwrite,
         progress=not quiet,
         device=device,
+        split=split,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from infoutil.data.base import ValidationSplit
 from infoutil.errors import UserError
 
 
@@ -19,7 +20,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TeacherConfig(Strict):
+class HoldsOutValidation(Strict):
+    """A seeded validation split held out of the training set (``--val-per-class``).
+
+    Set, it is all the run may not touch: candidate pools, coresets, ``full`` and teacher
+    training see only the rest. Unset (the default), the whole training set is used.
+    """
+
+    val_per_class: int | None = Field(None, ge=1)
+    val_seed: int = 0
+
+    @property
+    def validation(self) -> ValidationSplit | None:
+        if self.val_per_class is None:
+            return None
+        return ValidationSplit(self.val_per_class, self.val_seed)
+
+
+class TeacherConfig(HoldsOutValidation):
     """Teacher training: SGD with momentum and a per-step cosine schedule to zero.
 
     The paper does not give its teacher recipe (``infoutil-paper.md`` gap 8); this is the
@@ -43,6 +61,9 @@ class InformativenessConfig(Strict):
     """Stage 1 (paper §2, App. B.1). Defaults are the paper's unless marked as ours."""
 
     grid: int = Field(4, ge=1)  # paper: 4x4 patches are the players
+    # where the crop goes: the Shapley map (paper); Grad-CAM on the same cells (the paper's
+    # Table 8 control); a random position of the same window size (is attribution worth it?)
+    attribution: Literal["shapley", "gradcam", "random"] = "shapley"
     # ours (the paper used Captum's KernelShap): Leverage SHAP's coalitions with a
     # Gaussian-process solve, 2.5-3.5x smaller error per evaluation on image games
     estimator: Literal["exact", "kernel", "leverage", "leverage-gp", "permutation"] = "leverage-gp"
@@ -77,7 +98,21 @@ class UtilityConfig(Strict):
 
     grad_norm: Literal["full", "last_layer"] = "full"  # paper: all parameters
     crop_input: Literal["resize", "pad"] = "resize"  # ours; RDED zero-pads ("pad")
-    select: Literal["highest", "lowest"] = "highest"  # paper: highest; lowest is an ablation
+    # the rule that keeps k x IPC crops per class (selection.utility.UTILITY_RULES):
+    # highest norm (paper), lowest, highest among teacher-correct crops, nearest a quantile,
+    # CCS strata, or BADGE's k-means++ on last-layer gradient embeddings
+    select: Literal["highest", "lowest", "highest_correct", "quantile", "strata", "badge"] = (
+        "highest"
+    )
+    quantile: float = Field(0.5, ge=0, le=1)  # select=quantile: where the band sits
+    strata: int = Field(10, ge=1)  # select=strata: how many score strata
+    hardest_cut: float = Field(0.1, ge=0, lt=1)  # select=strata: hardest share dropped first
+    # all: every crop competes (paper's App. B.1, ours so far); best: at most one crop per
+    # source image, then the images ranked (RDED, and Algorithm 1's one crop per image)
+    per_source: Literal["all", "best"] = "all"
+    # the gradient norm at an earlier checkpoint of the scoring teacher's own run
+    # (Definition 3 is stated at theta(t)); None: the scoring checkpoint (Algorithm 1)
+    teacher_epoch: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)  # crops per vmap call (small is faster on CPU)
 
 
@@ -88,17 +123,49 @@ class RdedConfig(Strict):
     min_scale: float = Field(0.08, gt=0, le=1)
 
 
-class DistillConfig(Strict):
+# Named presets of the method's free choices. A preset fills the keys it names before the
+# file and the flags are applied; the built-in defaults fill the rest. "paper" is the paper's
+# text read literally (docs/method.md), whatever the defaults become.
+RECIPES: dict[str, dict] = {
+    "default": {},
+    "paper": {
+        "informativeness": {
+            "attribution": "shapley",
+            "grid": 4,
+            "pool_kernel": 2,
+            "num_crops": 5,
+            "alpha": 2.0,
+            "noise_std": "per_image",
+        },
+        "utility": {"select": "highest", "per_source": "all", "teacher_epoch": None},
+    },
+}
+
+
+class DistillConfig(HoldsOutValidation):
+    # a preset of the method's free choices (RECIPES); explicit keys override it
+    recipe: Literal["default", "paper"] = "default"
     method: Literal["infoutil", "rded", "random", "herding", "kcenter", "full"] = "infoutil"
     dataset: str
     ipc: int = Field(..., ge=1, description="images per class")
     seed: int = 0
     candidates_per_class: int = Field(300, ge=1)  # paper/RDED: 300
     factor: int | None = Field(None, ge=1)  # patches per side; None: 1 if <= 64 px, else 2
+    # how ranked patches fill images at factor >= 2 (methods.common.STITCH_RULES): None, the
+    # method's own rule (rded: "blocks", as its code; infoutil: "consecutive", Algorithm 1)
+    stitch: Literal["consecutive", "blocks"] | None = None
     informativeness: InformativenessConfig = InformativenessConfig()
     utility: UtilityConfig = UtilityConfig()
     rded: RdedConfig = RdedConfig()
     forward_batch_size: int = Field(512, ge=1)  # images per teacher forward
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_recipe(cls, values):
+        if not isinstance(values, dict) or values.get("recipe", "default") not in RECIPES:
+            return values  # pydantic names an unknown recipe
+        plain = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in values.items()}
+        return merge(RECIPES[plain.get("recipe", "default")], plain, keep_none=True)
 
 
 class ProtocolConfig(Strict):
@@ -168,14 +235,15 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def merge(base: dict, override: dict) -> dict:
-    """Deep-merge ``override`` into ``base`` (``None`` in override means 'not given')."""
+def merge(base: dict, override: dict, keep_none: bool = False) -> dict:
+    """Deep-merge ``override`` into ``base``. ``None`` in override means 'not given' (a flag
+    left out), unless ``keep_none``: then it is a value, as in a config."""
     out = dict(base)
     for k, v in override.items():
-        if v is None:
+        if v is None and not keep_none:
             continue
         if isinstance(v, dict):
-            nested = merge(out[k] if isinstance(out.get(k), dict) else {}, v)
+            nested = merge(out[k] if isinstance(out.get(k), dict) else {}, v, keep_none)
             if nested:
                 out[k] = nested
         else:

@@ -5,7 +5,9 @@ from infoutil.data.base import (
     FolderImageDataset,
     ImageDataset,
     TensorImageDataset,
+    ValidationSplit,
     per_class_sample,
+    split_train_val,
     subset,
 )
 from infoutil.data.sources import DATASETS, load_dataset, resolve_cache_dir, resolve_data_root
@@ -16,9 +18,11 @@ __all__ = [
     "FolderImageDataset",
     "ImageDataset",
     "TensorImageDataset",
+    "ValidationSplit",
     "load_dataset",
     "per_class_sample",
     "resolve_cache_dir",
     "resolve_data_root",
+    "split_train_val",
     "subset",
 ]

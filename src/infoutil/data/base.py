@@ -64,6 +64,9 @@ class ImageDataset(torch.utils.data.Dataset):
     info: DatasetInfo
     split: str
     targets: torch.Tensor
+    # set on both parts of a training set split by a ValidationSplit: its record
+    # (rule, count, hash of the held-out indices), which every output copies
+    validation: dict | None = None
 
     def __len__(self) -> int:
         return int(self.targets.numel())
@@ -171,18 +174,86 @@ def decode_image(source, channels: int, size: int | None, name: str | None = Non
         ) from err
 
 
-def subset(dataset: ImageDataset, indices: torch.Tensor) -> ImageDataset:
-    """A new dataset holding only ``indices`` (in memory for tensor datasets)."""
+def subset(dataset: ImageDataset, indices: torch.Tensor, split: str | None = None) -> ImageDataset:
+    """A new dataset holding only ``indices`` (in memory for tensor datasets).
+
+    Source ids are kept, so provenance still names the original file or index.
+    """
     indices = torch.as_tensor(indices, dtype=torch.int64)
+    split = split or dataset.split
     if isinstance(dataset, TensorImageDataset):
         ids = [dataset.source_id(int(i)) for i in indices]
-        return TensorImageDataset(
-            dataset.info, dataset.split, dataset.images[indices], dataset.targets[indices], ids
+        out = TensorImageDataset(
+            dataset.info, split, dataset.images[indices], dataset.targets[indices], ids
         )
-    if isinstance(dataset, FolderImageDataset):
+    elif isinstance(dataset, FolderImageDataset):
         samples = [dataset.samples[int(i)] for i in indices]
-        return FolderImageDataset(dataset.info, dataset.split, dataset.root, samples)
-    raise TypeError(f"cannot subset {type(dataset).__name__}")
+        out = FolderImageDataset(dataset.info, split, dataset.root, samples)
+    else:
+        raise TypeError(f"cannot subset {type(dataset).__name__}")
+    out.validation = dataset.validation
+    return out
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """``per_class`` training images per class, held out by a seeded draw.
+
+    Method research chooses on this split, never on the test set. When a run names a split,
+    its training part is all that candidate pools, coresets, ``full`` and teacher training
+    ever see; ``evaluate --split val`` measures on the held-out part.
+    """
+
+    per_class: int
+    seed: int = 0
+
+    def indices(self, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Indices of the held-out images in the whole training set, sorted per class."""
+        from infoutil.runtime import derive_seed
+
+        # its own seed space, so the split does not repeat the candidate pool's draw
+        return per_class_sample(
+            targets, num_classes, self.per_class, derive_seed("validation", self.seed) % 2**40
+        )
+
+    def describe(self, train: ImageDataset) -> dict:
+        """What an output records: the rule, the count and a hash of the held-out indices."""
+        import hashlib
+
+        idx = self.indices(train.targets, train.info.num_classes)
+        return {
+            "per_class": self.per_class,
+            "seed": self.seed,
+            "images": len(idx),
+            "sha256": hashlib.sha256(idx.numpy().astype("<i8").tobytes()).hexdigest(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> ValidationSplit | None:
+        return None if d is None else cls(int(d["per_class"]), int(d["seed"]))
+
+
+def split_train_val(
+    train: ImageDataset, validation: ValidationSplit
+) -> tuple[ImageDataset, ImageDataset]:
+    """(the training part, the held-out part) of a training set; every class keeps images."""
+    counts = torch.bincount(train.targets, minlength=train.info.num_classes)
+    for c in range(train.info.num_classes):
+        if int(counts[c]) <= validation.per_class:
+            raise UserError(
+                f"class {train.info.class_names[c]!r} has {int(counts[c])} training images; "
+                f"--val-per-class {validation.per_class} would leave none to train on, "
+                "lower it"
+            )
+    held = validation.indices(train.targets, train.info.num_classes)
+    mask = torch.zeros(len(train), dtype=torch.bool)
+    mask[held] = True
+    rest = torch.nonzero(~mask).flatten()
+    parts = subset(train, rest, "train"), subset(train, held, "val")
+    record = validation.describe(train)
+    for part in parts:
+        part.validation = record
+    return parts
 
 
 def per_class_sample(

@@ -32,7 +32,9 @@ from infoutil.data.base import (
     FolderImageDataset,
     ImageDataset,
     TensorImageDataset,
+    ValidationSplit,
     decode_image,
+    split_train_val,
 )
 from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_writer
@@ -364,6 +366,7 @@ def load_cifar100(root: Path | None, split: str, download: bool, cache_dir: Path
 
 # ---------------------------------------------------------------- Fashion-MNIST
 
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -422,7 +425,9 @@ def load_fashion_mnist(root: Path | None, split: str, download: bool, cache_dir:
         raise UserError(
             f"{base}: image and label files do not match ({images.shape}, {labels.shape})"
         )
-    info = DatasetInfo("fashion-mnist", FASHION_MNIST_CLASSES, 28, 1, (0.2860,), (0.3530,))
+    info = DatasetInfo(
+        "fashion-mnist", FASHION_MNIST_CLASSES, 28, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    )
     return TensorImageDataset(
         info,
         split,
@@ -475,13 +480,44 @@ def load_dataset(
     download: bool = False,
     cache_dir: str | os.PathLike | None = None,
     image_size: int | None = None,
+    validation: ValidationSplit | None = None,
 ) -> ImageDataset:
-    """Load one split (``"train"`` or ``"test"``) of a named dataset.
+    """Load one split (``"train"``, ``"val"`` or ``"test"``) of a named dataset.
 
     ``name`` is one of ``cifar10``, ``cifar100``, ``fashion-mnist`` or ``imagefolder:PATH``.
+    With ``validation``, ``"train"`` is the training set without the held-out images and
+    ``"val"`` is the held-out images; ``"val"`` needs a split.
     """
-    if split not in ("train", "test"):
-        raise UserError(f"split {split!r} is not 'train' or 'test'")
+    if split not in ("train", "val", "test"):
+        raise UserError(f"split {split!r} is not 'train', 'val' or 'test'")
+    if split == "val" and validation is None:
+        raise UserError("the 'val' split needs a validation split (--val-per-class N)")
+    if split == "test" or validation is None:
+        return _load_split(name, split, data_root, download, cache_dir, image_size)
+    whole = _load_split(name, "train", data_root, download, cache_dir, image_size)
+    train_part, held_out = split_train_val(whole, validation)
+    return train_part if split == "train" else held_out
+
+
+def dataset_info(
+    name: str, data_root: str | os.PathLike | None = None, image_size: int | None = None
+) -> DatasetInfo | None:
+    """What a dataset's images will be (classes, size, channels) without decoding them,
+    so a teacher that cannot fit is refused first; None where only loading can tell."""
+    if name == "cifar10":
+        return DatasetInfo("cifar10", CIFAR10_CLASSES, 32, 3, CIFAR10_MEAN, CIFAR10_STD)
+    if name == "fashion-mnist":
+        return DatasetInfo(
+            "fashion-mnist", FASHION_MNIST_CLASSES, 28, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+        )
+    if name.startswith("imagefolder:"):  # a directory scan and one image header
+        return load_imagefolder(Path(name.split(":", 1)[1]).expanduser(), "train", image_size).info
+    if name not in ("cifar100",):
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return None
+
+
+def _load_split(name, split, data_root, download, cache_dir, image_size) -> ImageDataset:
     cache = resolve_cache_dir(cache_dir)
     if name.startswith("imagefolder:"):
         return load_imagefolder(Path(name.split(":", 1)[1]).expanduser(), split, image_size)

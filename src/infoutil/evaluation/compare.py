@@ -13,10 +13,13 @@ from infoutil.report.plots import plot_accuracy_vs_ipc
 
 COLUMNS = [
     "method",
+    "recipe",
     "dataset",
     "ipc",
     "student",
     "protocol",
+    "split",
+    "label_teacher",
     "epochs",
     "teacher_accuracy",
     "mean",
@@ -51,7 +54,18 @@ def collect_results(paths: list[str | Path]) -> list[dict]:
     if not found:
         raise UserError("no results.json found under the given paths")
     return sorted(
-        found, key=lambda r: (r["dataset"], r["student"], r["method"], r["ipc"] or 0, r["protocol"])
+        found,
+        key=lambda r: (
+            r["dataset"],
+            r["student"],
+            r["method"],
+            str(r.get("recipe")),
+            r["ipc"] or 0,
+            r["protocol"],
+            r.get("split", "test"),
+            str(_teacher_name(r.get("teacher"))),
+            r["epochs"],
+        ),
     )
 
 
@@ -63,6 +77,10 @@ def summary_rows(records: list[dict]) -> list[dict]:
             "ipc": r["ipc"],
             "student": r["student"],
             "protocol": r["protocol"],
+            "recipe": r.get("recipe"),
+            # results written before the split existed measured the test set
+            "split": r.get("split", "test"),
+            "label_teacher": _teacher_name(r.get("teacher")),
             "epochs": r["epochs"],
             "teacher_accuracy": r.get("teacher_accuracy"),
             "mean": r["mean"],
@@ -74,18 +92,30 @@ def summary_rows(records: list[dict]) -> list[dict]:
     ]
 
 
+def _teacher_name(described: dict | None) -> str | None:
+    """``DIR@EPOCH`` for the teacher that labelled (relabelled) a result."""
+    if not described:
+        return None
+    path = Path(described["path"])
+    return f"{path.parent.name}@{described['epoch']}"
+
+
 def markdown_table(rows: list[dict]) -> str:
     head = (
-        "| method | dataset | IPC | student | protocol | epochs | teacher acc. | "
-        "top-1 (%) mean +- std | seeds | distill time (s) |"
+        "| method | recipe | dataset | IPC | student | protocol | split | label teacher | "
+        "epochs | teacher acc. | top-1 (%) mean +- std | seeds | distill time (s) |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         teacher = "-" if r["teacher_accuracy"] is None else f"{100 * r['teacher_accuracy']:.1f}"
         dist = "-" if r["distill_seconds"] is None else f"{r['distill_seconds']:.1f}"
+        # a recipe presets InfoUtil's own choices; the other methods have none
+        recipe = r.get("recipe") if r["method"].startswith("infoutil") else None
+        ipc = r["ipc"] if r["ipc"] is not None else "all"
         lines.append(
-            f"| {r['method']} | {r['dataset']} | {r['ipc'] if r['ipc'] is not None else 'all'} | "
-            f"{r['student']} | {r['protocol']} | {r['epochs']} | {teacher} | "
+            f"| {r['method']} | {recipe or '-'} | {r['dataset']} | {ipc} | "
+            f"{r['student']} | {r['protocol']} | {r.get('split', 'test')} | "
+            f"{r.get('label_teacher') or '-'} | {r['epochs']} | {teacher} | "
             f"{format_accuracy(r['mean'], r['std'], r['seeds'])} | {r['seeds']} | {dist} |"
         )
     return "\n".join(lines) + "\n"

@@ -1,9 +1,11 @@
 """``infoutil evaluate``: students on a distilled set, one per seed, and ``results.json``.
 
 ``results.json`` has a stable schema (``RESULTS_FORMAT``) that other tools can read:
-method, dataset, ipc, student, protocol, epochs, teacher_accuracy, seeds, accuracy (one per
-seed, each the LAST epoch's test top-1, never the best), mean, std (population, ddof 0),
-distill_seconds, evaluate_seconds, and the full config.
+method, recipe, dataset, ipc, student, protocol, epochs, split (``test`` or ``val``: what was
+measured), teacher_accuracy, the teachers (``teacher`` relabels online, ``distill_teacher``
+selected, ``label_teacher`` stored the logits), seeds, accuracy (one per seed, each the LAST
+epoch's top-1, never the best), mean, std (population, ddof 0), distill_seconds,
+evaluate_seconds, and the full config.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from infoutil import distributed
 from infoutil.config import ProtocolConfig
-from infoutil.data import load_dataset, per_class_sample, subset
+from infoutil.data import ImageDataset, ValidationSplit, load_dataset, per_class_sample, subset
 from infoutil.errors import UserError
 from infoutil.evaluation.compare import format_accuracy
 from infoutil.evaluation.student import StudentRun, rded_batch_size, train_student
@@ -44,8 +46,13 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
     device: str | None = None,
+    split: str = "test",
 ) -> dict:
-    """Train ``len(seeds)`` students on the distilled set; returns the results record."""
+    """Train ``len(seeds)`` students on the distilled set; returns the results record.
+
+    ``split`` is what the students are measured on: ``test`` (the real test set, the reported
+    figure) or ``val`` (the validation split held out when the set was distilled).
+    """
     start = time.perf_counter()
     out = Path(out)
     protocol = protocol or ProtocolConfig()
@@ -53,8 +60,19 @@ def evaluate(
     if not seeds:
         raise UserError("--seeds must be at least 1")
     ctx = distributed.context()
+    if split not in ("test", "val"):
+        raise UserError(f"--split {split!r}: choose 'test' (the reported figure) or 'val'")
     distilled = load_distilled(distilled_dir, data_root=data_root, cache_dir=cache_dir)
-    test = load_dataset(distilled.info.name, "test", data_root, cache_dir=cache_dir)
+    validation = ValidationSplit.from_dict(distilled.manifest.get("validation"))
+    if split == "val" and validation is None:
+        raise UserError(
+            f"{distilled_dir}: was distilled without a validation split, so no images are "
+            "held out from it; distill with --val-per-class N to measure on --split val"
+        )
+    # the held-out split is the one this set's candidates were kept away from
+    test = load_dataset(
+        distilled.info.name, split, data_root, cache_dir=cache_dir, validation=validation
+    )
     if protocol.test_per_class is not None:
         test = subset(
             test, per_class_sample(test.targets, test.info.num_classes, protocol.test_per_class, 0)
@@ -71,6 +89,7 @@ def evaluate(
         "teacher": str(teacher_spec),
         "protocol": protocol.model_dump(),
         "seeds": seeds,
+        "split": split,
     }
     with contextlib.ExitStack() as stack:
         if ctx.is_main:
@@ -105,7 +124,7 @@ def evaluate(
                 state.unlink(missing_ok=True)
                 fault_point("seed-done")
             runs.append(run)
-        results = _results(distilled, relabeller, student, protocol, runs, config, start, len(test))
+        results = _results(distilled, relabeller, student, protocol, runs, config, start, test)
         if ctx.is_main:
             atomic_write_json(stage / "results.json", results)
             fault_point("results-written")
@@ -135,7 +154,7 @@ def _results(
     runs: list[StudentRun],
     config: dict,
     start: float,
-    test_images: int,
+    test: ImageDataset,
 ) -> dict:
     accs = [r.accuracy for r in runs]
     n = len(distilled)
@@ -150,14 +169,21 @@ def _results(
         "student": student,
         "protocol": protocol.name,
         "epochs": protocol.epochs,
-        "test_images": test_images,
+        "split": config["split"],  # what "accuracy" measured: the test set, or val
+        "validation": test.validation if config["split"] == "val" else None,
+        "test_images": len(test),
         "batch_size": protocol.batch_size
         or rded_batch_size(
             ipc or max(1, n // distilled.info.num_classes), distilled.info.num_classes, n
         ),
         "teacher_accuracy": relabeller.meta.get("test_accuracy"),
+        # which teacher did what: the one that relabels online here (``teacher``), the one
+        # that selected the patches, and the one whose logits the set stores
         "teacher": relabeller.describe(),
         "distill_teacher": distilled.manifest.get("teacher"),
+        "label_teacher": distilled.manifest.get("label_teacher"),
+        "labels_from": "online" if protocol.labels == "online" else "stored",
+        "recipe": (distilled.manifest.get("config") or {}).get("recipe"),
         "seeds": [r.seed for r in runs],
         "accuracy": accs,
         "mean": statistics.fmean(accs),

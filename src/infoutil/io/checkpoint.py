@@ -56,6 +56,8 @@ class Teacher:
             "epoch": self.epoch,
             "test_accuracy": self.meta.get("test_accuracy"),
             "weights_sha256": self.weights_sha256,
+            # the validation split it was trained without; None: the whole training set
+            "validation": self.meta.get("validation"),
         }
 
 

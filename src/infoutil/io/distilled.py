@@ -230,9 +230,12 @@ def load_distilled(
     if (path / "run_stats.json").is_file():
         stats = json.loads((path / "run_stats.json").read_text())
     if manifest.get("full_training_set"):
-        from infoutil.data import load_dataset
+        from infoutil.data import ValidationSplit, load_dataset
 
-        train = load_dataset(info.name, "train", data_root, cache_dir=cache_dir)
+        validation = ValidationSplit.from_dict(manifest.get("validation"))
+        train = load_dataset(
+            info.name, "train", data_root, cache_dir=cache_dir, validation=validation
+        )
         if not hasattr(train, "images"):
             raise UserError(f"{info.name}: the full baseline needs an in-memory dataset")
         return DistilledSet(train.images, train.targets, None, manifest, info, path, stats)

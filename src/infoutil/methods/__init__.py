@@ -17,8 +17,9 @@ import torch
 from infoutil import distributed
 from infoutil.config import DistillConfig
 from infoutil.data import load_dataset, resolve_cache_dir
+from infoutil.data.sources import dataset_info
 from infoutil.errors import UserError
-from infoutil.io.checkpoint import Teacher, load_teacher
+from infoutil.io.checkpoint import Teacher, check_teacher_fits, load_teacher
 from infoutil.io.distilled import (
     DISTILLED_FORMAT,
     finish_output,
@@ -28,7 +29,9 @@ from infoutil.io.distilled import (
 from infoutil.io.lock import output_lock
 from infoutil.methods import baselines, infoutil, rded
 from infoutil.methods.common import MethodContext, Selection, assemble, soft_labels
-from infoutil.runtime import StageTimer, peak_rss_mib, resolve_device
+from infoutil.runtime import StageTimer, peak_rss_mib, resolve_device, warn
+from infoutil.selection.diagnostics import selection_diagnostics, summary_line
+from infoutil.selection.diagnostics import warning as diagnostics_warning
 
 METHODS: dict[str, Callable[[MethodContext], Selection]] = {
     "infoutil": infoutil.select,
@@ -62,9 +65,15 @@ def distill(
         raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(ALL_METHODS)}")
     ctx = distributed.context()
     start = time.perf_counter()
-    train = load_dataset(cfg.dataset, "train", data_root, cache_dir=cache_dir)
-    judge = load_teacher(teacher, expect=train.info)
-    labeller = judge if label_teacher is None else load_teacher(label_teacher, expect=train.info)
+    # teachers are checked against the dataset's shape before any image is decoded
+    expected = dataset_info(cfg.dataset, data_root)
+    judge = load_teacher(teacher, expect=expected)
+    labeller = judge if label_teacher is None else load_teacher(label_teacher, expect=expected)
+    train = load_dataset(
+        cfg.dataset, "train", data_root, cache_dir=cache_dir, validation=cfg.validation
+    )
+    check_teacher_fits(judge.info, train.info, str(judge.path))
+    check_teacher_fits(labeller.info, train.info, str(labeller.path))
     compute = resolve_device(device)
     judge.model.to(compute)
     labeller.model.to(compute)
@@ -128,8 +137,15 @@ def _write(
         "dataset": info.to_dict(),
         "teacher": judge.describe(),
         "label_teacher": labeller.describe(),
+        # the held-out split no image here comes from (None: the whole training set was used)
+        "validation": train.validation,
         "images": [],
     }
+    if train.validation is not None:
+        manifest["teachers_saw_validation"] = {
+            role: t.meta.get("validation") != train.validation
+            for role, t in (("teacher", judge), ("label_teacher", labeller))
+        }
     if selection is None:  # the full training set, relabelled online by the teacher
         manifest.update(full_training_set=True, ipc=None, factor=1, num_images=len(train))
         with timer.stage("write"):
@@ -150,9 +166,19 @@ def _write(
     with timer.stage("soft labels"):
         logits = soft_labels(labeller, images, selection.factor)
     timer.count("soft labels", logits.shape[0] * logits.shape[1])
-    manifest.update(factor=selection.factor, num_images=len(images), images=entries)
+    diagnostics = selection_diagnostics(
+        selection.selected_scored, selection.pool_scored, info.class_names, info.image_size
+    )
+    manifest.update(
+        factor=selection.factor,
+        stitch=selection.stitch,
+        layout=selection.layout,
+        num_images=len(images),
+        diagnostics=diagnostics,
+        images=entries,
+    )
     with timer.stage("write"):
-        stats = _stats(timer, start)
+        stats = dict(_stats(timer, start), diagnostics=diagnostics)
         write_distilled_files(
             stage, info, images, labels, logits, manifest, selection.scores, stats
         )
@@ -161,9 +187,13 @@ def _write(
     print(
         f"distilled {cfg.method} {info.name} ipc={cfg.ipc} -> {out} | "
         + timer.summary(n_candidates or None)
-        + f" | peak RSS {stats['peak_rss_mib']} MiB",
+        + f" | peak RSS {stats['peak_rss_mib']} MiB\n  "
+        + summary_line(diagnostics),
         flush=True,
     )
+    problem = diagnostics_warning(diagnostics)
+    if problem:
+        warn(problem)
 
 
 def _stats(timer: StageTimer, start: float) -> dict:

@@ -1,5 +1,9 @@
 """Baselines that keep whole real images: ``random``, and ``herding`` / ``kcenter`` coresets
-on the teacher's penultimate features of the candidate pool."""
+on the teacher's penultimate features of the candidate pool.
+
+At a factor above 1 the images stay whole (not stitched); the set records the factor, so the
+evaluation protocol augments and labels them as it does every other method's images.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,15 @@ from infoutil.methods.common import (
     full_box,
 )
 from infoutil.runtime import generator
+from infoutil.selection.diagnostics import ScoredPatches
 
 
 def select_random(mc: MethodContext) -> Selection:
-    """IPC real images per class, drawn with the seed from the whole class."""
+    """IPC real images per class, drawn with the seed from the whole class.
+
+    Kept whole at any factor: DD-Ranking's "random" reference. The set still records the
+    factor, so the protocol augments and labels its images as it does every method's.
+    """
     info, box = mc.train.info, full_box(mc.train.info)
     counts = [int((mc.train.targets == c).sum()) for c in range(info.num_classes)]
     check_supply(counts, mc.cfg.ipc, info, "images", "lower --ipc")
@@ -28,7 +37,48 @@ def select_random(mc: MethodContext) -> Selection:
         idx = mc.train.class_indices(c)
         pick = torch.randperm(len(idx), generator=generator("random", mc.cfg.seed, c))
         patches.append([Patch(int(i), box) for i in idx[pick[: mc.cfg.ipc]].tolist()])
-    return Selection(patches, 1)
+    chosen = torch.tensor([p.source for row in patches for p in row])
+    with torch.inference_mode():
+        logits = torch.cat([mc.teacher.model(mc.images(part)).cpu() for part in chosen.split(256)])
+    selected = ScoredPatches.from_logits(
+        chosen, mc.train.targets[chosen], torch.tensor([box] * len(chosen)), logits
+    )
+    # the contrast: the seeded candidate pool, a uniform sample of each class
+    _, pool = _pool_features(mc)
+    return Selection(
+        patches,
+        mc.factor,
+        layout="whole images",
+        selected_scored=selected,
+        pool_scored=pool,
+    )
+
+
+def _pool_features(mc: MethodContext) -> tuple[torch.Tensor, ScoredPatches]:
+    """The candidate pool's penultimate features and what the teacher thinks of each image."""
+    cfg, train, model = mc.cfg, mc.train, mc.teacher.model
+    candidates = candidate_pool(train, cfg.candidates_per_class, cfg.seed)
+
+    @torch.inference_mode()
+    def feature_chunk(sl: slice) -> dict[str, torch.Tensor]:
+        h = model.features(mc.images(candidates[sl]))
+        return {"features": h.cpu(), "logits": model.fc(h).float().cpu()}
+
+    scored = chunked_scores(
+        mc,
+        mc.store("features", seed=cfg.seed),
+        candidates,
+        feature_chunk,
+        desc="features",
+        forwards_per_item=1,
+        fields=("features", "logits"),
+    )
+    feats = scored["features"].to(torch.float64)
+    check_finite(feats, "features", mc.teacher)
+    box = torch.tensor([full_box(train.info)] * len(candidates))
+    return feats, ScoredPatches.from_logits(
+        candidates, train.targets[candidates], box, scored["logits"]
+    )
 
 
 def herding(features: torch.Tensor, k: int) -> list[int]:
@@ -62,40 +112,33 @@ def kcenter(features: torch.Tensor, k: int) -> list[int]:
 def _coreset(mc: MethodContext, pick) -> Selection:
     cfg, train, info = mc.cfg, mc.train, mc.train.info
     candidates = candidate_pool(train, cfg.candidates_per_class, cfg.seed)
-    model = mc.teacher.model
-
-    @torch.inference_mode()
-    def feature_chunk(sl: slice) -> dict[str, torch.Tensor]:
-        return {"features": model.features(mc.images(candidates[sl])).cpu()}
-
-    feats = chunked_scores(
-        mc,
-        mc.store("features", seed=cfg.seed),
-        candidates,
-        feature_chunk,
-        desc="features",
-        forwards_per_item=1,
-    )["features"].to(torch.float64)
-    check_finite(feats, "features", mc.teacher)
     cand_class = train.targets[candidates]
-    check_supply(
+    check_supply(  # before any scoring
         [int((cand_class == c).sum()) for c in range(info.num_classes)],
         cfg.ipc,
         info,
         "candidates",
         "lower --ipc or raise --candidates-per-class",
     )
+    feats, pool = _pool_features(mc)
     box, patches = full_box(info), []
     selected = torch.zeros(len(candidates), dtype=torch.bool)
+    order_all = []
     for c in range(info.num_classes):
         members = torch.nonzero(cand_class == c).flatten()
         order = pick(feats[members], cfg.ipc)
         selected[members[order]] = True
+        order_all.append(members[order])
         patches.append(
             [Patch(int(candidates[members[i]]), box, {"rank": r}) for r, i in enumerate(order)]
         )
     return Selection(
-        patches, 1, {"candidates": candidates, "candidate_labels": cand_class, "selected": selected}
+        patches,
+        mc.factor,
+        {"candidates": candidates, "candidate_labels": cand_class, "selected": selected},
+        layout="whole images",
+        selected_scored=pool.take(torch.cat(order_all)),
+        pool_scored=pool,
     )
 
 

@@ -28,6 +28,7 @@ from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_save_tensors
 from infoutil.io.checkpoint import Teacher
 from infoutil.runtime import StageTimer, fault_point, progress, warn
+from infoutil.selection.diagnostics import ScoredPatches
 
 
 @dataclass
@@ -44,6 +45,11 @@ class Selection:
     patches: list[list[Patch]]  # per class, best first; ipc * factor^2 each
     factor: int
     scores: dict[str, torch.Tensor] = field(default_factory=dict)  # for scores.safetensors
+    stitch: str = "consecutive"  # how ranked patches fill the images (STITCH_RULES)
+    # what the judge teacher thought of the kept patches and of the whole pool, as scored
+    selected_scored: ScoredPatches | None = None
+    pool_scored: ScoredPatches | None = None
+    layout: str = "patches"  # or "whole images": real images kept whole at any factor
 
 
 @dataclass
@@ -80,6 +86,8 @@ class MethodContext:
             "teacher": self.teacher.weights_sha256,
             **key,
         }
+        if self.train.validation is not None:
+            parts["validation"] = self.train.validation["sha256"]
         return ScoreStore(self.store_root, stage, parts)
 
 
@@ -136,15 +144,21 @@ class ScoreStore:
     def _path(self, chunk: int) -> Path:
         return self.dir / f"chunk_{chunk:05d}.safetensors"
 
-    def load(self, chunk: int, expect: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    def load(
+        self, chunk: int, expect: torch.Tensor, fields: tuple[str, ...] = ()
+    ) -> dict[str, torch.Tensor] | None:
+        """A finished chunk, or None: missing, damaged, for other candidates, or written by an
+        older version that lacked one of ``fields`` (all of these are recomputed)."""
         path = self._path(chunk)
         if not path.is_file():
             return None
         try:
             tensors = load_file(str(path))
         except (SafetensorError, OSError):
-            return None  # a damaged chunk is recomputed
+            return None
         if not torch.equal(tensors.pop("candidates", torch.empty(0)), expect):
+            return None
+        if any(f not in tensors for f in fields):
             return None
         return tensors
 
@@ -165,6 +179,7 @@ def chunked_scores(
     desc: str,
     chunk_size: int = 64,
     forwards_per_item: int = 0,
+    fields: tuple[str, ...] = (),
 ) -> dict[str, torch.Tensor]:
     """Score ``candidates`` in fixed chunks, each saved when done; ranks split the chunks.
 
@@ -188,7 +203,7 @@ def chunked_scores(
         for i in mine:
             sl = slice(i * chunk_size, (i + 1) * chunk_size)
             chunk = candidates[sl]
-            tensors = store.load(i, chunk)
+            tensors = store.load(i, chunk, fields)
             if tensors is None:
                 tensors = compute(sl)
                 store.save(i, chunk, tensors)
@@ -224,20 +239,38 @@ def cell_slices(size: int, factor: int) -> list[tuple[slice, slice]]:
     ]
 
 
+def stitch_consecutive(ipc: int, k: int) -> list[list[int]]:
+    """Image j takes ranks j*k .. j*k + k - 1 (InfoUtil's Algorithm 1)."""
+    return [list(range(j * k, (j + 1) * k)) for j in range(ipc)]
+
+
+def stitch_blocks(ipc: int, k: int) -> list[list[int]]:
+    """Slot s of image j takes rank s*ipc + j: the j-th patch of the s-th block of ``ipc``
+    ranks (RDED's ``mix_images``), so every image's first slot holds one of the best."""
+    return [[s * ipc + j for s in range(k)] for j in range(ipc)]
+
+
+STITCH_RULES = {"consecutive": stitch_consecutive, "blocks": stitch_blocks}
+
+
 def assemble(
     train: ImageDataset, selection: Selection, ipc: int
 ) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """Stitch each class's ranked patches, ``factor^2`` consecutive ones per image.
+    """Stitch each class's ranked patches, ``factor^2`` per image, by the selection's rule;
+    a selection of whole images keeps one image each whatever the factor.
 
     Returns uint8 images ``[N, C, H, W]``, labels ``[N]`` and one manifest entry per image.
     """
     info = train.info
-    f, k = selection.factor, selection.factor**2
+    whole = selection.layout == "whole images"
+    f = 1 if whole else selection.factor
+    k = f * f
     cells = cell_slices(info.image_size, f)
+    slots = STITCH_RULES[selection.stitch](ipc, k)
     images, labels, entries = [], [], []
     for c, patches in enumerate(selection.patches):
         for j in range(ipc):
-            group = patches[j * k : (j + 1) * k]
+            group = [patches[r] for r in slots[j]]
             canvas = torch.zeros((info.channels, info.image_size, info.image_size))
             sources = to_float(train.get_batch([p.source for p in group]))
             for p, (patch, src) in enumerate(zip(group, sources, strict=True)):

@@ -1,8 +1,10 @@
 """InfoUtil (Wang et al., ICLR 2026, Algorithm 1).
 
-1. Informativeness: the Shapley map of each candidate's ``grid x grid`` patches under the
-   teacher; ``num_crops`` crops at the argmax of the pooled map, all but the last with noise.
-2. Utility: the teacher's hard-label gradient norm on each crop; the top ``k x IPC`` per class.
+1. Informativeness: an attribution map of each candidate's ``grid x grid`` patches under the
+   teacher (the Shapley values; Grad-CAM or a random map as controls); ``num_crops`` crops at
+   the argmax of the pooled map, all but the last with noise.
+2. Utility: the teacher's hard-label gradient norm on each crop; a rule keeps ``k x IPC`` crops
+   per class (the paper: the highest norms; ``selection.utility.UTILITY_RULES``).
 Assembly and soft labels are common to all methods (``methods.common``).
 """
 
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from infoutil.attribution.gradcam import gradcam_maps
 from infoutil.attribution.patch import patch_shapley
 from infoutil.errors import UserError
+from infoutil.io.checkpoint import load_teacher
 from infoutil.methods.common import (
     MethodContext,
     Patch,
@@ -22,13 +26,9 @@ from infoutil.methods.common import (
     chunked_scores,
 )
 from infoutil.runtime import derive_seed, generator
-from infoutil.selection.crops import (
-    crop_and_resize,
-    informative_crops,
-    noise_sigma,
-    pool_map,
-)
-from infoutil.selection.utility import grad_norms, top_k_per_class
+from infoutil.selection.crops import crop_and_resize, informative_crops, noise_sigma, pool_map
+from infoutil.selection.diagnostics import ScoredPatches
+from infoutil.selection.utility import UTILITY_RULES, ClassCrops, grad_norms_and_logits
 
 REPORT_SAMPLES = 2  # candidates per class whose pixels are kept for the report
 
@@ -44,57 +44,101 @@ def unique_crops(boxes: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def select(mc: MethodContext) -> Selection:
-    cfg, inf, util = mc.cfg, mc.cfg.informativeness, mc.cfg.utility
-    train, model, info = mc.train, mc.teacher.model, mc.train.info
-    if inf.pool_kernel > inf.grid:
-        raise UserError(f"pool_kernel {inf.pool_kernel} is larger than the grid {inf.grid}")
-    candidates = candidate_pool(train, cfg.candidates_per_class, cfg.seed)
-    labels = train.targets
-    budget = inf.evaluations
-    shapley_key = dict(
-        seed=cfg.seed,
+def map_key(inf) -> dict:
+    """Everything an attribution map depends on besides the pool, the seed and the teacher."""
+    if inf.attribution != "shapley":
+        return {"attribution": inf.attribution, "grid": inf.grid}
+    return dict(
         grid=inf.grid,
         estimator=inf.estimator,
-        budget=budget,
+        budget=inf.evaluations,
         baseline=inf.baseline,
         target=inf.target,
         precision=inf.precision,
     )
 
-    def shapley_chunk(sl: slice) -> dict[str, torch.Tensor]:
-        idx = candidates[sl]
-        seeds = torch.tensor([derive_seed("shapley", cfg.seed, int(i)) for i in idx])
-        maps = patch_shapley(
-            model,
-            mc.images(idx),
-            labels[idx],
-            grid=inf.grid,
-            baseline=inf.baseline,
-            target=inf.target,
-            estimator=inf.estimator,
-            budget=budget,
-            seed=seeds,
-            batch_size=cfg.forward_batch_size,
-            precision=inf.precision,
-        )
-        return {"shapley": maps}
 
+def attribution_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tensor:
+    """``[N, grid, grid]``: where each candidate's class evidence lies, by the chosen method."""
+    cfg, inf, model, labels = mc.cfg, mc.cfg.informativeness, mc.teacher.model, mc.train.targets
+    if inf.attribution == "random":  # the control: a seeded random position per candidate
+        return torch.stack(
+            [
+                torch.rand(inf.grid, inf.grid, generator=generator("random-map", cfg.seed, int(i)))
+                for i in candidates.tolist()
+            ]
+        )
+    if inf.attribution == "gradcam":
+        per = 1
+
+        def compute(idx):
+            return {"gradcam": gradcam_maps(model, mc.images(idx), labels[idx], inf.grid)}
+    else:
+        per = inf.evaluations
+
+        def compute(idx):
+            seeds = torch.tensor([derive_seed("shapley", cfg.seed, int(i)) for i in idx])
+            maps = patch_shapley(
+                model,
+                mc.images(idx),
+                labels[idx],
+                inf.grid,
+                inf.baseline,
+                inf.target,
+                inf.estimator,
+                inf.evaluations,
+                seeds,
+                batch_size=cfg.forward_batch_size,
+                precision=inf.precision,
+            )
+            return {"shapley": maps}
+
+    name = inf.attribution
     maps = chunked_scores(
         mc,
-        mc.store("shapley", **shapley_key),
+        mc.store(name, seed=cfg.seed, **map_key(inf)),
         candidates,
-        shapley_chunk,
-        desc="shapley",
-        forwards_per_item=budget,
-    )["shapley"]
-    check_finite(maps, "Shapley values", mc.teacher)
+        lambda sl: compute(candidates[sl]),
+        desc=name,
+        forwards_per_item=per,
+    )[name]
+    check_finite(maps, f"{name} maps", mc.teacher)
+    return maps
 
+
+def select(mc: MethodContext) -> Selection:
+    cfg, inf, util = mc.cfg, mc.cfg.informativeness, mc.cfg.utility
+    train, judge, info = mc.train, mc.teacher, mc.train.info
+    if inf.pool_kernel > inf.grid:
+        raise UserError(f"pool_kernel {inf.pool_kernel} is larger than the grid {inf.grid}")
+    candidates = candidate_pool(train, cfg.candidates_per_class, cfg.seed)
+    labels, k = train.targets, inf.num_crops
+    need = mc.patches_per_image * cfg.ipc
+    one_per_source = util.per_source == "best"
+    # refused before any scoring: each class must offer enough crops (or images)
+    per_class = torch.bincount(labels[candidates], minlength=info.num_classes)
+    check_supply(
+        (per_class * (1 if one_per_source else k)).tolist(),
+        need,
+        info,
+        "candidate images" if one_per_source else f"candidate crops ({k} per image)",
+        "lower --ipc or raise --candidates-per-class",
+    )
+    utility_model = judge
+    if util.teacher_epoch is not None:
+        utility_model = load_teacher(f"{judge.path.parent}@{util.teacher_epoch}", expect=info)
+        utility_model.model.to(mc.device)
+
+    maps = attribution_maps(mc, candidates)
     pooled = pool_map(maps, inf.pool_kernel)
     sigma = noise_sigma(pooled, inf.alpha, inf.noise_std)
-    fill = model.mean.reshape(-1)
+    fill = judge.model.mean.reshape(-1)
     size = (info.image_size, info.image_size)
-    k = inf.num_crops
+
+    def crops_of(idx: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """The crops as the teacher scores them: ``boxes`` ``[B, K, 4]`` of images ``idx``."""
+        images = mc.images(idx).repeat_interleave(boxes.shape[1], 0)
+        return crop_and_resize(images, boxes.flatten(0, 1), size, util.crop_input, fill)
 
     def utility_chunk(sl: slice) -> dict[str, torch.Tensor]:
         idx = candidates[sl]
@@ -109,21 +153,32 @@ def select(mc: MethodContext) -> Selection:
             width=size[1],
         )
         keep = unique_crops(boxes) if inf.dedupe else torch.ones(boxes.shape[:2], dtype=bool)
-        images = mc.images(idx).repeat_interleave(k, 0)
-        crops = crop_and_resize(images, boxes.flatten(0, 1), size, util.crop_input, fill)
-        flat_keep = keep.flatten()
-        norms = torch.full((len(crops),), float("nan"), dtype=torch.float64)
-        norms[flat_keep] = grad_norms(
-            model,
-            crops[flat_keep.to(crops.device)],
-            labels[idx].repeat_interleave(k)[flat_keep].to(crops.device),
+        crops = crops_of(idx, boxes)[keep.flatten().to(mc.device)]
+        y = labels[idx].repeat_interleave(k)[keep.flatten()]
+        norm, logits = grad_norms_and_logits(
+            utility_model.model,
+            crops,
+            y.to(crops.device),
             mode=util.grad_norm,
             batch_size=util.batch_size,
         )
-        return {"boxes": boxes, "grad_norm": norms.view(len(idx), k)}
+        if utility_model is not judge:  # what the judge thinks, for the diagnostics
+            with torch.inference_mode():
+                logits = judge.model(crops).float().cpu()
+        out = {"boxes": boxes}
+        for name, value, empty in (
+            ("grad_norm", norm, float("nan")),
+            ("prob", torch.softmax(logits.double(), 1).gather(1, y[:, None])[:, 0], float("nan")),
+            ("pred", logits.argmax(1), -1),
+        ):
+            full = torch.full((keep.numel(),), empty, dtype=value.dtype)
+            full[keep.flatten()] = value
+            out[name] = full.view(len(idx), k)
+        return out
 
     utility_key = dict(
-        shapley_key,
+        map_key(inf),
+        seed=cfg.seed,
         pool_kernel=inf.pool_kernel,
         num_crops=k,
         alpha=inf.alpha,
@@ -131,6 +186,7 @@ def select(mc: MethodContext) -> Selection:
         dedupe=inf.dedupe,
         grad_norm=util.grad_norm,
         crop_input=util.crop_input,
+        utility_teacher=utility_model.weights_sha256,
     )
     scored = chunked_scores(
         mc,
@@ -139,47 +195,75 @@ def select(mc: MethodContext) -> Selection:
         utility_chunk,
         desc="utility",
         forwards_per_item=k,
+        fields=("boxes", "grad_norm", "prob", "pred"),
     )
     boxes, norms = scored["boxes"], scored["grad_norm"]
-    check_finite(norms[~torch.isnan(norms)], "gradient norms", mc.teacher)
-
-    need = mc.patches_per_image * cfg.ipc
-    crop_class = labels[candidates].repeat_interleave(k)
-    flat = norms.flatten()
-    valid = ~torch.isnan(flat)
+    valid = ~torch.isnan(norms)
+    check_finite(norms[valid], "gradient norms", mc.teacher)
     check_supply(
-        [int((valid & (crop_class == c)).sum()) for c in range(info.num_classes)],
+        [int((valid & (labels[candidates] == c)[:, None]).sum()) for c in range(info.num_classes)],
         need,
         info,
         "distinct crops",
         "lower --ipc or raise --candidates-per-class",
     )
-    highest = util.select == "highest"
-    missing = -torch.inf if highest else torch.inf  # duplicates are never picked
-    ranked = top_k_per_class(
-        torch.where(valid, flat, missing), crop_class, need, info.num_classes, descending=highest
+
+    # every distinct crop as the judge scored it; a crop whose box is the noise-free crop's
+    # is noise-free, even where it was drawn with noise and the noise-free draw was its copy
+    flat = torch.nonzero(valid.flatten()).flatten()
+    pool = ScoredPatches(
+        candidates.repeat_interleave(k)[flat],
+        labels[candidates].repeat_interleave(k)[flat],
+        boxes.flatten(0, 1)[flat],
+        scored["prob"].flatten()[flat].double(),
+        scored["pred"].flatten()[flat].long(),
+        (boxes == boxes[:, -1:]).all(-1).flatten()[flat],
     )
-    patches = []
-    for picked in ranked:
-        row = []
-        for flat_i in picked.tolist():
-            cand, j = divmod(flat_i, k)
-            row.append(
-                Patch(
-                    source=int(candidates[cand]),
-                    box=tuple(boxes[cand, j].tolist()),
-                    provenance={
-                        "crop": j,
-                        "noise_free": j == k - 1,
-                        "grad_norm": float(norms[cand, j]),
-                        "shapley_map": maps[cand].tolist(),
-                    },
-                )
+    rule = UTILITY_RULES[util.select]
+    ranked = []
+    for c in range(info.num_classes):
+        mine = torch.nonzero(pool.label == c).flatten()
+        crops = ClassCrops(
+            score=norms.flatten()[flat[mine]],
+            correct=pool.pred[mine] == c,
+            source=pool.source[mine],
+            generator=generator("utility-rule", cfg.seed, c),
+            gram=lambda mine=mine: _gradient_gram(utility_model.model, crops_of, pool, mine),
+        )
+        picked = rule(
+            crops,
+            need,
+            one_per_source,
+            quantile=util.quantile,
+            strata=util.strata,
+            hardest_cut=util.hardest_cut,
+        )
+        if len(picked) < need:
+            raise UserError(
+                f"class {info.class_names[c]!r}: the {util.select!r} rule found only "
+                f"{len(picked)} crops of distinct images but {need} are needed; lower --ipc "
+                "or raise --candidates-per-class"
             )
-        patches.append(row)
-    selected = torch.zeros_like(norms, dtype=torch.bool)
+        ranked.append(mine[picked])
+    patches = [
+        [
+            Patch(
+                source=int(pool.source[i]),
+                box=tuple(pool.box[i].tolist()),
+                provenance={
+                    "crop": int(flat[i]) % k,
+                    "noise_free": bool(pool.noise_free[i]),
+                    "grad_norm": float(norms.flatten()[flat[i]]),
+                    f"{inf.attribution}_map": maps[int(flat[i]) // k].tolist(),
+                },
+            )
+            for i in picked.tolist()
+        ]
+        for picked in ranked
+    ]
+    selected = torch.zeros(norms.numel(), dtype=torch.bool)
     for picked in ranked:
-        selected.view(-1)[picked] = True
+        selected[flat[picked]] = True
     # a few candidates per class with their pixels, so a report can show maps and crops
     sample = torch.cat(
         [
@@ -190,12 +274,36 @@ def select(mc: MethodContext) -> Selection:
     scores = {
         "candidates": candidates,
         "candidate_labels": labels[candidates],
-        "shapley": maps,
+        inf.attribution: maps,
         "pooled": pooled.float(),
         "boxes": boxes,
         "grad_norm": norms,
-        "selected": selected,
+        "teacher_prob": scored["prob"],
+        "teacher_pred": scored["pred"],
+        "selected": selected.view_as(norms),
         "sample": sample,
         "sample_images": train.get_batch(candidates[sample]),
     }
-    return Selection(patches, mc.factor, scores)
+    return Selection(
+        patches,
+        mc.factor,
+        scores,
+        stitch=cfg.stitch or "consecutive",
+        selected_scored=pool.take(torch.cat(ranked)),
+        pool_scored=pool,
+    )
+
+
+@torch.inference_mode()
+def _gradient_gram(model, crops_of, pool: ScoredPatches, rows: torch.Tensor) -> torch.Tensor:
+    """Gram matrix of the last-layer gradient embeddings ``(p - e_y) x [h, 1]`` of ``rows``:
+    <g_i, g_j> = <e_i, e_j> (<h_i, h_j> + 1), without forming the embeddings."""
+    errs, feats = [], []
+    for part in torch.split(rows, 256):
+        x = crops_of(pool.source[part], pool.box[part][:, None])
+        h = model.features(x).double()
+        p = torch.softmax(model.fc(h.float()).double(), 1)
+        errs.append(p - torch.nn.functional.one_hot(pool.label[part].to(p.device), p.shape[1]))
+        feats.append(h)
+    e, h = torch.cat(errs).cpu(), torch.cat(feats).cpu()
+    return (e @ e.T) * (h @ h.T + 1.0)

@@ -3,8 +3,9 @@
 Each candidate gives ``num_crops`` random square crops (area scale in (min_scale, 1)); each crop,
 scaled to the patch size ``size / factor`` and zero-padded back to the input size (resized to it
 when factor is 1), is scored by the teacher's cross-entropy on the true class. A candidate keeps
-its lowest-loss crop; a class keeps its ``factor^2 x IPC`` lowest-loss candidates, stitched in
-rank order.
+its lowest-loss crop; a class keeps its ``factor^2 x IPC`` lowest-loss candidates, stitched as
+RDED's ``mix_images`` does: slot j of image i from the j-th block of ``IPC`` ranks
+(``stitch="blocks"``).
 
 Details we could not pin down from RDED's code and chose: the crop box is drawn with our seeded
 generator (RDED's synthesis is unseeded); the padding value is zero at the network input (the
@@ -30,6 +31,7 @@ from infoutil.methods.common import (
 )
 from infoutil.runtime import generator
 from infoutil.selection.crops import crop_and_resize
+from infoutil.selection.diagnostics import ScoredPatches
 from infoutil.selection.utility import top_k_per_class
 
 
@@ -73,18 +75,31 @@ def select(mc: MethodContext) -> Selection:
         else:
             crops = resize_to(crops, (size, size))
         y = train.targets[idx].repeat_interleave(k).to(crops.device)
-        losses = torch.cat(
+        logits = torch.cat(
             [
-                F.cross_entropy(
-                    model(crops[s : s + cfg.forward_batch_size]),
-                    y[s : s + cfg.forward_batch_size],
-                    reduction="none",
-                )
+                model(crops[s : s + cfg.forward_batch_size])
                 for s in range(0, len(crops), cfg.forward_batch_size)
             ]
-        ).to(torch.float64)
-        return {"boxes": boxes, "loss": losses.view(len(idx), k).cpu()}
+        ).float()
+        losses = F.cross_entropy(logits, y, reduction="none").to(torch.float64)
+        prob = torch.softmax(logits.double(), 1).gather(1, y[:, None])[:, 0]
+        shape = (len(idx), k)
+        return {
+            "boxes": boxes,
+            "loss": losses.view(shape).cpu(),
+            "prob": prob.view(shape).cpu(),
+            "pred": logits.argmax(1).view(shape).cpu(),
+        }
 
+    need = f * f * cfg.ipc
+    cand_class = train.targets[candidates]
+    check_supply(  # before any scoring
+        [int((cand_class == c).sum()) for c in range(info.num_classes)],
+        need,
+        info,
+        "candidates",
+        "lower --ipc or raise --candidates-per-class",
+    )
     scored = chunked_scores(
         mc,
         mc.store("rded", seed=cfg.seed, num_crops=k, factor=f, min_scale=cfg.rded.min_scale),
@@ -92,20 +107,12 @@ def select(mc: MethodContext) -> Selection:
         score_chunk,
         desc="rded scoring",
         forwards_per_item=k,
+        fields=("boxes", "loss", "prob", "pred"),
     )
     boxes, losses = scored["boxes"], scored["loss"]
     check_finite(losses, "losses", mc.teacher)
     best = losses.argmin(1)  # the first minimum: deterministic
     best_loss = losses.gather(1, best[:, None])[:, 0]
-    need = f * f * cfg.ipc
-    cand_class = train.targets[candidates]
-    check_supply(
-        [int((cand_class == c).sum()) for c in range(info.num_classes)],
-        need,
-        info,
-        "candidates",
-        "lower --ipc or raise --candidates-per-class",
-    )
     ranked = top_k_per_class(best_loss, cand_class, need, info.num_classes, descending=False)
     patches = [
         [
@@ -126,6 +133,24 @@ def select(mc: MethodContext) -> Selection:
         "candidate_labels": cand_class,
         "boxes": boxes,
         "loss": losses,
+        "teacher_prob": scored["prob"],
+        "teacher_pred": scored["pred"],
         "selected": selected,
     }
-    return Selection(patches, f, scores)
+    # every crop as the teacher scored it (scaled to the patch size, then padded or resized)
+    pool = ScoredPatches(
+        candidates.repeat_interleave(k),
+        cand_class.repeat_interleave(k),
+        boxes.flatten(0, 1),
+        scored["prob"].flatten(),
+        scored["pred"].flatten(),
+    )
+    chosen = torch.cat([i * k + best[i] for i in ranked])
+    return Selection(
+        patches,
+        f,
+        scores,
+        stitch=cfg.stitch or "blocks",
+        selected_scored=pool.take(chosen),
+        pool_scored=pool,
+    )

@@ -27,6 +27,7 @@ from infoutil.evaluation.compare import (
 from infoutil.io.atomic import atomic_write_bytes
 from infoutil.io.distilled import load_distilled
 from infoutil.report.plots import _plt, image_grid, plot_accuracy_vs_ipc, save_figure
+from infoutil.selection.diagnostics import summary_line
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;
@@ -80,7 +81,8 @@ def candidates_figure(scores: dict, info, path: Path, max_rows: int = 10) -> Non
         k = scores["sample"].tolist().index(pos)
         img = scores["sample_images"][k].permute(1, 2, 0).numpy()
         img = img[:, :, 0] if img.shape[2] == 1 else img
-        smap = scores["shapley"][pos].numpy()
+        attribution = next(a for a in ("shapley", "gradcam", "random") if a in scores)
+        smap = scores[attribution][pos].numpy()
         pooled = scores["pooled"][pos].numpy()
         size = img.shape[0]
         label = info.class_names[int(scores["candidate_labels"][pos])]
@@ -96,7 +98,7 @@ def candidates_figure(scores: dict, info, path: Path, max_rows: int = 10) -> Non
             extent=(-0.5, size - 0.5, size - 0.5, -0.5),
             interpolation="nearest",
         )
-        ax.set_title(f"{label}: Shapley map", fontsize=8)
+        ax.set_title(f"{label}: {attribution} map", fontsize=8)
         ax = axes[r, 1]
         im = ax.imshow(pooled, cmap="viridis")
         i, j = divmod(int(pooled.argmax()), pooled.shape[1])
@@ -161,6 +163,58 @@ def grad_norm_figure(scores: dict, info, path: Path) -> None:
     )
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def diagnostics_figure(diag: dict, path: Path) -> None:
+    """Per class: teacher top-1 on the selected patches against the pool; and which classes
+    the teacher predicts for the selected patches."""
+    plt = _plt()
+    names = diag["class_names"]
+    sel, pool = diag["selected"]["per_class"], diag["pool"]["per_class"]
+    x = torch.arange(len(names)).numpy()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.2))
+    top = [100 * sel[n].get("teacher_top1", 0) for n in names]
+    a.bar(x - 0.2, top, 0.4, label="selected", color="#c44")
+    a.bar(
+        x + 0.2,
+        [100 * pool[n].get("teacher_top1", 0) for n in names],
+        0.4,
+        label="pool",
+        color="#8aa",
+    )
+    a.set_ylabel("teacher top-1 (%)")
+    a.set_ylim(0, 100)
+    a.set_title("the teacher on each class's patches", fontsize=9)
+    a.legend(fontsize=7)
+    predicted = diag["selected"]["overall"]["predicted"]
+    b.bar(x, predicted, color="#c44")
+    b.set_title("classes the teacher predicts for the selected patches", fontsize=9)
+    for ax in (a, b):
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def diagnostics_table(diag: dict) -> str:
+    """Selected against pool, overall and per class."""
+    cols = [
+        ("patches", "patches", str),
+        ("teacher top-1", "teacher_top1", lambda v: f"{100 * v:.1f}%"),
+        ("true-class prob", "mean_true_class_prob", lambda v: f"{v:.3f}"),
+        ("distinct sources", "distinct_sources", str),
+        ("mean area", "mean_area", lambda v: f"{100 * v:.0f}%"),
+        ("noise-free", "noise_free_share", lambda v: f"{100 * v:.0f}%"),
+    ]
+    head = "".join(f"<th>{c}</th>" for c, _, _ in cols)
+    rows = []
+    groups = [("all classes", "overall")] + [(n, n) for n in diag["class_names"]]
+    for label, key in groups:
+        for which in ("selected", "pool"):
+            d = diag[which]["overall"] if key == "overall" else diag[which]["per_class"][key]
+            cells = "".join(f"<td>{fmt(d[k]) if k in d else '-'}</td>" for _, k, fmt in cols)
+            rows.append(f"<tr><th>{html.escape(label)}, {which}</th>{cells}</tr>")
+    return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
 def _table(d: dict) -> str:
@@ -275,6 +329,21 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
             )
         )
         tag = f"{manifest['method']}_ipc{manifest['ipc']}"
+        diag = manifest.get("diagnostics")
+        if diag:
+            diagnostics_figure(diag, figs / f"diagnostics_{tag}.png")
+            parts += [
+                "<h3>What the teacher thinks of the selected patches</h3>",
+                f"<p class='note'>{html.escape(summary_line(diag))}. Measured with the "
+                "scoring teacher on each patch exactly as it was scored, beside the whole "
+                "candidate pool for contrast.</p>",
+                diagnostics_table(diag),
+                _figure(
+                    f"figures/diagnostics_{tag}.png",
+                    "teacher top-1 per class (selected against the pool), and the classes it "
+                    "predicts for the selected patches",
+                ),
+            ]
         if ds is not None:
             distilled_grid_figure(ds, figs / f"images_{tag}.png")
             parts.append(
@@ -284,7 +353,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         if scores_file.is_file():
             scores = load_file(str(scores_file))
             info = ds.info if ds is not None else None
-            if "shapley" in scores and "sample" in scores and info is not None:
+            if "pooled" in scores and "sample" in scores and info is not None:
                 candidates_figure(scores, info, figs / f"candidates_{tag}.png")
                 parts.append(
                     _figure(

@@ -65,16 +65,30 @@ def plot_training_curves(runs: list[dict], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
+def series_name(row: dict, varying: set[str]) -> str:
+    """A line's name: the method, plus InfoUtil's recipe, plus the split and label teacher
+    where the rows differ in them (so different runs never share a line)."""
+    name = row["method"]
+    if row.get("recipe") and row["method"].startswith("infoutil"):
+        name += f" ({row['recipe']})"
+    for key in ("split", "label_teacher"):
+        if key in varying:
+            name += f", {key.replace('_', ' ')} {row.get(key)}"
+    return name
+
+
 def plot_accuracy_vs_ipc(rows: list[dict], path: Path, title: str) -> None:
-    """Mean +- std test accuracy against IPC, one line per method."""
+    """Mean +- std test accuracy against IPC, one line per method (and recipe, split, label
+    teacher where they vary)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    methods = sorted({r["method"] for r in rows})
+    varying = {k for k in ("split", "label_teacher") if len({r.get(k) for r in rows}) > 1}
+    methods = sorted({series_name(r, varying) for r in rows})
     for m in methods:
         pts = sorted(
             (r["ipc"], r["mean"], r["std"])
             for r in rows
-            if r["method"] == m and r["ipc"] is not None
+            if series_name(r, varying) == m and r["ipc"] is not None
         )
         if not pts:
             continue

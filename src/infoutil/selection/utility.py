@@ -8,6 +8,9 @@ computed with ``torch.func`` (``vmap`` of ``grad`` over a functional call), in c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
@@ -24,6 +27,19 @@ def grad_norms(
     batch_size: int = 64,
 ) -> torch.Tensor:
     """Per-sample gradient norms ``[B]`` (float64) of the hard-label cross-entropy."""
+    return grad_norms_and_logits(model, images, labels, mode=mode, batch_size=batch_size)[0]
+
+
+def grad_norms_and_logits(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mode: str = "full",
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient norms ``[B]`` (float64) and the logits ``[B, C]`` of the same forward: what
+    the teacher thought of each sample when it scored it, for the selection diagnostics."""
     model.eval()  # running statistics for batch norm: each sample's gradient is its own
     if mode == "last_layer":
         return last_layer_grad_norms(model, images, labels, batch_size)
@@ -34,32 +50,39 @@ def grad_norms(
 
     def loss(p, x, y):
         out = functional_call(model, (p, buffers), (x.unsqueeze(0),))
-        return F.cross_entropy(out, y.unsqueeze(0))
+        return F.cross_entropy(out, y.unsqueeze(0)), out[0].detach()
 
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
-    norms = []
+    per_sample = vmap(grad(loss, has_aux=True), in_dims=(None, 0, 0))
+    norms, logits = [], []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size]
         y = labels[start : start + batch_size]
-        grads = per_sample(params, x, y)
+        grads, out = per_sample(params, x, y)
         sq = sum(g.reshape(len(x), -1).to(torch.float64).pow(2).sum(1) for g in grads.values())
         norms.append(sq.sqrt().cpu())
-    return torch.cat(norms) if norms else torch.empty(0, dtype=torch.float64)
+        logits.append(out.float().cpu())
+    if not norms:
+        return torch.empty(0, dtype=torch.float64), torch.empty(0, 0)
+    return torch.cat(norms), torch.cat(logits)
 
 
 @torch.inference_mode()
 def last_layer_grad_norms(
     model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
-) -> torch.Tensor:
-    out = []
+) -> tuple[torch.Tensor, torch.Tensor]:
+    norms, logits = [], []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size]
         y = labels[start : start + batch_size]
         h = model.features(x).to(torch.float64)
-        p = torch.softmax(model.fc(h.float()).to(torch.float64), 1)
+        z = model.fc(h.float())
+        p = torch.softmax(z.to(torch.float64), 1)
         err = p - F.one_hot(y.to(p.device), p.shape[1]).to(torch.float64)
-        out.append((err.pow(2).sum(1) * (h.pow(2).sum(1) + 1.0)).sqrt().cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
+        norms.append((err.pow(2).sum(1) * (h.pow(2).sum(1) + 1.0)).sqrt().cpu())
+        logits.append(z.float().cpu())
+    if not norms:
+        return torch.empty(0, dtype=torch.float64), torch.empty(0, 0)
+    return torch.cat(norms), torch.cat(logits)
 
 
 def grad_norms_loop(
@@ -92,3 +115,147 @@ def top_k_per_class(
         order = torch.sort(scores[idx], descending=descending, stable=True).indices
         picked.append(idx[order[:k]])
     return picked
+
+
+# ---------------------------------------------------------------- utility rules
+#
+# A rule picks ``need`` of one class's crops, in rank order. Ranking rules sort the crops by a
+# key; set rules (``strata``, ``badge``) pick them one after another. With ``one_per_source``
+# a crop whose source image already gave a crop is passed over, so each source image gives at
+# most one patch (RDED's and Algorithm 1's reading: a crop per image, then the images ranked).
+
+
+@dataclass
+class ClassCrops:
+    """One class's scored crops (every tensor ``[P]``) and what a rule may need."""
+
+    score: torch.Tensor  # the utility score: the gradient norm (higher: harder)
+    correct: torch.Tensor  # bool: the teacher predicts the true class
+    source: torch.Tensor  # the source image of each crop
+    generator: torch.Generator
+    # last-layer gradient embeddings' Gram matrix, built only by the rules that need it
+    gram: Callable[[], torch.Tensor] | None = None
+
+
+def _greedy(order: torch.Tensor, crops: ClassCrops, need: int, one_per_source: bool):
+    if not one_per_source:
+        return order[:need]
+    seen, out = set(), []
+    for i in order.tolist():
+        s = int(crops.source[i])
+        if s not in seen:
+            seen.add(s)
+            out.append(i)
+            if len(out) == need:
+                break
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def _stable_order(key: torch.Tensor, descending: bool) -> torch.Tensor:
+    return torch.sort(key, descending=descending, stable=True).indices
+
+
+def rule_highest(crops: ClassCrops, need: int, one_per_source: bool, **_) -> torch.Tensor:
+    """The paper's rule: the highest gradient norms (its utility bound)."""
+    return _greedy(_stable_order(crops.score, True), crops, need, one_per_source)
+
+
+def rule_lowest(crops: ClassCrops, need: int, one_per_source: bool, **_) -> torch.Tensor:
+    """The lowest gradient norms: the crops the teacher finds easiest (RDED's direction)."""
+    return _greedy(_stable_order(crops.score, False), crops, need, one_per_source)
+
+
+def rule_highest_correct(crops: ClassCrops, need: int, one_per_source: bool, **_):
+    """The highest norms among the crops the teacher classifies correctly; if too few are
+    correct, the wrong ones follow, easiest first."""
+    correct = torch.nonzero(crops.correct).flatten()
+    wrong = torch.nonzero(~crops.correct).flatten()
+    order = torch.cat(
+        [
+            correct[_stable_order(crops.score[correct], True)],
+            wrong[_stable_order(crops.score[wrong], False)],
+        ]
+    )
+    return _greedy(order, crops, need, one_per_source)
+
+
+def rule_quantile(crops: ClassCrops, need: int, one_per_source: bool, *, quantile: float, **_):
+    """The crops nearest a quantile of the class's scores: a band of medium difficulty whose
+    width is what ``need`` takes (0.5: the median, as DELT and CV-DD initialise)."""
+    n = len(crops.score)
+    rank = torch.empty(n, dtype=torch.float64)
+    rank[_stable_order(crops.score, False)] = torch.arange(n, dtype=torch.float64)
+    position = rank / max(n - 1, 1)
+    return _greedy(_stable_order((position - quantile).abs(), False), crops, need, one_per_source)
+
+
+def rule_strata(
+    crops: ClassCrops, need: int, one_per_source: bool, *, strata: int, hardest_cut: float, **_
+):
+    """Coverage-centric selection (CCS, Zheng et al. 2023): drop the hardest share, split the
+    rest into equal-width score strata and give each stratum an equal share of the budget,
+    drawn at random within it; what a small stratum cannot use goes to the others. Here the
+    strata take turns, one crop each, easiest stratum first, which gives CCS's split."""
+    n = len(crops.score)
+    keep = _stable_order(crops.score, False)[: max(need, n - int(hardest_cut * n))]
+    score = crops.score[keep]
+    lo, hi = float(score.min()), float(score.max())
+    width = (hi - lo) / strata or 1.0
+    bins = ((score - lo) / width).floor().clamp(max=strata - 1).long()
+    queues = [keep[bins == b] for b in range(strata)]
+    queues = [q[torch.randperm(len(q), generator=crops.generator)].tolist() for q in queues]
+    used: set[int] = set()
+    picked: list[int] = []
+    while len(picked) < need and any(queues):
+        for q in queues:
+            while q:
+                i = q.pop(0)
+                s = int(crops.source[i])
+                if one_per_source and s in used:
+                    continue
+                used.add(s)
+                picked.append(i)
+                break
+            if len(picked) == need:
+                break
+    return torch.tensor(picked, dtype=torch.int64)
+
+
+def rule_badge(crops: ClassCrops, need: int, one_per_source: bool, **_) -> torch.Tensor:
+    """BADGE (Ash et al. 2020): k-means++ seeding on last-layer gradient embeddings. The first
+    pick has the largest embedding norm; each next one is drawn with probability proportional
+    to its squared distance from the nearest pick, so picks are large and mutually different."""
+    gram = crops.gram()
+    sq = gram.diagonal().clone()
+    n = len(sq)
+    alive = torch.ones(n, dtype=torch.bool)
+    first = int(torch.argmax(sq))
+    picked = [first]
+    nearest = (sq + sq[first] - 2 * gram[first]).clamp(min=0)
+
+    def retire(i: int):
+        alive[i] = False
+        if one_per_source:
+            alive[crops.source == crops.source[i]] = False
+
+    retire(first)
+    while len(picked) < min(need, n) and alive.any():
+        w = torch.where(alive, nearest, torch.zeros_like(nearest))
+        if float(w.sum()) <= 0:  # every live crop coincides with a pick: take the next in order
+            i = int(torch.nonzero(alive).flatten()[0])
+        else:
+            i = int(torch.multinomial(w, 1, generator=crops.generator))
+        picked.append(i)
+        retire(i)
+        nearest = torch.minimum(nearest, (sq + sq[i] - 2 * gram[i]).clamp(min=0))
+    return torch.tensor(picked, dtype=torch.int64)
+
+
+UTILITY_RULES: dict[str, Callable[..., torch.Tensor]] = {
+    "highest": rule_highest,
+    "lowest": rule_lowest,
+    "highest_correct": rule_highest_correct,
+    "quantile": rule_quantile,
+    "strata": rule_strata,
+    "badge": rule_badge,
+}

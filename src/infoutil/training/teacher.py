@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from infoutil import distributed as dist_util
-from infoutil.config import TeacherConfig
+from infoutil.config import TeacherConfig, build_config
 from infoutil.data import load_dataset, per_class_sample, subset
 from infoutil.data.augment import random_crop_flip, to_float
 from infoutil.errors import UserError
@@ -99,7 +99,9 @@ def train_teacher(
     spans ``cfg.epochs``), so a run can be continued later with ``resume``.
     """
     out_dir = Path(out_dir)
-    train = load_dataset(cfg.dataset, "train", data_root, cache_dir=cache_dir)
+    train = load_dataset(
+        cfg.dataset, "train", data_root, cache_dir=cache_dir, validation=cfg.validation
+    )
     test = load_dataset(cfg.dataset, "test", data_root, cache_dir=cache_dir)
     if cfg.train_per_class is not None:
         train = subset(
@@ -123,7 +125,7 @@ def train_teacher(
             )
         if resume and config_path.is_file():
             saved = json.loads(config_path.read_text())
-            if saved != cfg.model_dump():
+            if build_config(TeacherConfig, saved, str(config_path)) != cfg:
                 raise UserError(
                     f"{out_dir}: --resume with a different config than the run "
                     "that wrote it; use the same options or another --out"
@@ -196,6 +198,8 @@ def train_teacher(
                 "test_accuracy": round(acc, 6),
                 "train_images": n,
                 "config": cfg.model_dump(),
+                # the images this teacher never saw (None: the whole training set)
+                "validation": train.validation,
             }
             if ctx.is_main:
                 # optimizer state first: once the epoch's JSON exists, resuming from it works

@@ -1,0 +1,267 @@
+"""The study of InfoUtil's free choices (issue "InfoUtil that beats RDED"), on the validation
+split only.
+
+Each variant is a method and a set of named options; all share the teacher, the candidate pool,
+the cached attribution maps and the protocol. Every variant is distilled with the validation
+split held out and measured on it (``evaluate --split val``), never on the test set. Finished
+runs are skipped, so the study can be stopped and continued; ``--workers`` runs that many jobs
+at once, one thread each.
+
+    python benchmarks/study.py --dataset cifar10 --teacher benchmarks/teachers/cifar10-convnet3 \
+        --ipc 10 --val-per-class 500 --epochs 100 --seeds 2 --variants paper rded random \
+        --work /tmp/study --results benchmarks/results/study/cifar10
+
+Per variant the results folder gets ``results.json`` (the method renamed ``infoutil:VARIANT``)
+and ``diagnostics.json`` (what the teacher thinks of the selected patches); ``table.md`` and
+``table.json`` put them side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+# name -> (method, options). Options are DistillConfig keys; absent keys keep the defaults.
+PAPER = {"recipe": "paper"}
+BASELINES = {
+    "random": ("random", {}),
+    "rded": ("rded", {}),
+    "herding": ("herding", {}),
+    "kcenter": ("kcenter", {}),
+}
+
+
+def infoutil(**options) -> tuple[str, dict]:
+    """An InfoUtil variant: the paper's recipe with ``options`` changed."""
+    out = {"recipe": "paper"}
+    for section in ("informativeness", "utility"):
+        if section in options:
+            out[section] = options.pop(section)
+    out.update(options)
+    return "infoutil", out
+
+
+def window(kernel: int | None = None, factor: int | None = None, **rest) -> dict:
+    inf = {} if kernel is None else {"pool_kernel": kernel}
+    inf.update(rest.pop("informativeness", {}))
+    out = {"informativeness": inf, **rest}
+    if factor is not None:
+        out["factor"] = factor
+    return out
+
+
+def _variants() -> dict[str, tuple[str, dict]]:
+    v = dict(BASELINES)
+    v["paper"] = infoutil()
+    # one factor at a time from the paper's text
+    v["k3"] = infoutil(**window(3))
+    v["k4"] = infoutil(**window(4))
+    v["f2k2"] = infoutil(**window(2, factor=2))  # four native quarter crops per image
+    v["alpha0"] = infoutil(informativeness={"alpha": 0.0})
+    v["alpha1"] = infoutil(informativeness={"alpha": 1.0})
+    v["noise-global"] = infoutil(informativeness={"noise_std": "global"})
+    v["one-per-source"] = infoutil(utility={"per_source": "best"})
+    for rule in ("lowest", "highest_correct", "quantile", "strata", "badge"):
+        v[rule.replace("_", "-")] = infoutil(utility={"select": rule})
+    v["early-utility"] = infoutil(utility={"teacher_epoch": 2})
+    v["gradcam"] = infoutil(informativeness={"attribution": "gradcam"})
+    v["random-crop"] = infoutil(informativeness={"attribution": "random"})
+    # the factorial over the factors that interact: window x rule x crops per source
+    for kname, kw in (
+        ("k2", window(2)),
+        ("k3", window(3)),
+        ("k4", window(4)),
+        ("f2k2", window(2, factor=2)),
+    ):
+        for rule in ("highest", "lowest", "highest_correct", "quantile", "strata", "badge"):
+            for per_source in ("all", "best"):
+                name = f"{kname}-{rule.replace('_', '-')}-{per_source}"
+                options = json.loads(json.dumps(kw))
+                options["utility"] = {"select": rule, "per_source": per_source}
+                v[name] = infoutil(**options)
+    return v
+
+
+VARIANTS = _variants()
+
+
+def run_one(job: dict) -> dict:
+    """Distill one variant (if not done) and measure it on the validation split."""
+    import torch
+
+    torch.set_num_threads(1)
+    from infoutil.config import PROTOCOLS, DistillConfig
+    from infoutil.evaluation.run import evaluate
+    from infoutil.io.distilled import COMPLETE
+    from infoutil.methods import distill
+
+    name, ipc, work = job["variant"], job["ipc"], Path(job["work"])
+    method, options = VARIANTS[name]
+    tag = f"{name}-ipc{ipc}"
+    distilled = work / "distilled" / tag
+    if not (distilled / COMPLETE).is_file():
+        cfg = DistillConfig(
+            method=method,
+            dataset=job["dataset"],
+            ipc=ipc,
+            candidates_per_class=job["candidates_per_class"],
+            val_per_class=job["val_per_class"],
+            val_seed=job["val_seed"],
+            **options,
+        )
+        distill(
+            cfg,
+            job["teacher"],
+            distilled,
+            label_teacher=job["label_teacher"],
+            data_root=job["data_root"],
+            resume=True,
+            overwrite=distilled.exists(),
+            progress=False,
+        )
+    protocol = PROTOCOLS["rded"].model_copy(update={"epochs": job["epochs"]})
+    out = work / "eval" / tag
+    if not (out / COMPLETE).is_file():
+        evaluate(
+            distilled,
+            out,
+            protocol=protocol,
+            seeds=list(range(job["seeds"])),
+            data_root=job["data_root"],
+            resume=True,
+            overwrite=out.exists(),
+            progress=False,
+            split="val",
+        )
+    dest = Path(job["results"]) / tag
+    dest.mkdir(parents=True, exist_ok=True)
+    record = json.loads((out / "results.json").read_text())
+    record["method"] = name if method != "infoutil" else f"infoutil:{name}"
+    record["variant_options"] = options
+    (dest / "results.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    manifest = json.loads((distilled / "manifest.json").read_text())
+    diag = manifest["diagnostics"]
+    (dest / "diagnostics.json").write_text(json.dumps(diag, indent=2, sort_keys=True) + "\n")
+    shutil.copy(out / "curve.png", dest / "curve.png")
+    sel = diag["selected"]["overall"]
+    print(
+        f"{tag}: {100 * record['mean']:.2f} +- {100 * record['std']:.2f} (val) | teacher top-1 "
+        f"on selected {100 * sel['teacher_top1']:.1f}%, prob {sel['mean_true_class_prob']:.2f}",
+        flush=True,
+    )
+    return {"variant": name, "ipc": ipc, "mean": record["mean"], "std": record["std"]}
+
+
+def table(results: Path) -> list[dict]:
+    """Every finished variant with its accuracy and its diagnostics, best first."""
+    rows = []
+    for f in sorted(results.glob("*/results.json")):
+        r = json.loads(f.read_text())
+        diag_file = f.parent / "diagnostics.json"
+        diag = json.loads(diag_file.read_text()) if diag_file.is_file() else None
+        sel = diag["selected"]["overall"] if diag else {}
+        rows.append(
+            {
+                "run": f.parent.name,
+                "method": r["method"],
+                "ipc": r["ipc"],
+                "split": r.get("split"),
+                "seeds": len(r["seeds"]),
+                "mean": r["mean"],
+                "std": r["std"],
+                "teacher_top1": sel.get("teacher_top1"),
+                "true_class_prob": sel.get("mean_true_class_prob"),
+                "distinct_sources": sel.get("distinct_sources"),
+                "patches": sel.get("patches"),
+                "mean_area": sel.get("mean_area"),
+                "noise_free_share": sel.get("noise_free_share"),
+                "options": r.get("variant_options"),
+            }
+        )
+    rows.sort(key=lambda r: (r["ipc"], -r["mean"]))
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    lines = [
+        "| run | top-1 val (%) | teacher top-1 on selected (%) | true-class prob | "
+        "sources / patches | area (%) | noise-free (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        prob = "-" if r["true_class_prob"] is None else f"{r['true_class_prob']:.2f}"
+        lines.append(
+            f"| {r['run']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | "
+            f"{pct(r['teacher_top1'])} | {prob} | {r['distinct_sources']} / {r['patches']} | "
+            f"{pct(r['mean_area'])} | {pct(r['noise_free_share'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--label-teacher", default=None)
+    ap.add_argument("--ipc", type=int, nargs="+", default=[10])
+    ap.add_argument("--variants", nargs="+", default=None, help="default: the baselines, paper")
+    ap.add_argument("--val-per-class", type=int, default=500)
+    ap.add_argument("--val-seed", type=int, default=0)
+    ap.add_argument("--candidates-per-class", type=int, default=300)
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--list", action="store_true", help="print the variants and stop")
+    args = ap.parse_args()
+    if args.list:
+        for name, (method, options) in VARIANTS.items():
+            print(name, method, json.dumps(options, sort_keys=True))
+        return
+    names = args.variants or [*BASELINES, "paper"]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; see --list")
+    base = {
+        k: getattr(args, k)
+        for k in (
+            "dataset",
+            "teacher",
+            "label_teacher",
+            "val_per_class",
+            "val_seed",
+            "candidates_per_class",
+            "epochs",
+            "seeds",
+            "data_root",
+            "work",
+            "results",
+        )
+    }
+    jobs = [dict(base, variant=n, ipc=ipc) for ipc in args.ipc for n in names]
+    if args.workers > 1:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+            list(pool.map(run_one, jobs))
+    else:
+        for job in jobs:
+            run_one(job)
+    results = Path(args.results)
+    rows = table(results)
+    (results / "table.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    (results / "table.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

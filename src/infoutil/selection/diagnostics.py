@@ -1,0 +1,133 @@
+"""Selection diagnostics: what the judge teacher thought of the patches a method kept.
+
+Every method scores patches with the teacher (a crop, a padded crop, a whole image); the
+teacher's true-class probability and predicted class on each patch, exactly as it was scored,
+explain a distilled set's accuracy before any student is trained. The same figures for the
+whole candidate pool are the contrast: a method that keeps patches the teacher gets wrong
+(the paper's highest-gradient-norm rule does at low resolution) shows it here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# below this share of teacher-correct selected patches the distill warns
+WARN_BELOW = 0.5
+
+
+@dataclass
+class ScoredPatches:
+    """Patches as the judge teacher scored them, one row each."""
+
+    source: torch.Tensor  # int64 [P]: index of the source training image
+    label: torch.Tensor  # int64 [P]: its class
+    box: torch.Tensor  # int64 [P, 4]: (top, left, height, width) in the source image
+    prob: torch.Tensor  # float64 [P]: the teacher's probability of the true class
+    pred: torch.Tensor  # int64 [P]: the teacher's predicted class
+    noise_free: torch.Tensor | None = None  # bool [P]: InfoUtil's noise-free crop
+
+    def take(self, index: torch.Tensor) -> ScoredPatches:
+        return ScoredPatches(
+            self.source[index],
+            self.label[index],
+            self.box[index],
+            self.prob[index],
+            self.pred[index],
+            None if self.noise_free is None else self.noise_free[index],
+        )
+
+    @classmethod
+    def from_logits(
+        cls,
+        source: torch.Tensor,
+        label: torch.Tensor,
+        box: torch.Tensor,
+        logits: torch.Tensor,
+        noise_free: torch.Tensor | None = None,
+    ) -> ScoredPatches:
+        prob = torch.softmax(logits.to(torch.float64), 1)
+        return cls(
+            source.to(torch.int64),
+            label.to(torch.int64),
+            box.to(torch.int64).reshape(-1, 4),
+            prob.gather(1, label.to(torch.int64)[:, None])[:, 0],
+            logits.argmax(1).to(torch.int64),
+            noise_free,
+        )
+
+
+def _figures(p: ScoredPatches, num_classes: int, image_area: int) -> dict:
+    n = len(p.label)
+    if n == 0:
+        return {"patches": 0}
+    area = (p.box[:, 2] * p.box[:, 3]).to(torch.float64) / image_area
+    out = {
+        "patches": n,
+        "teacher_top1": round(float((p.pred == p.label).double().mean()), 4),
+        "mean_true_class_prob": round(float(p.prob.mean()), 4),
+        "predicted": torch.bincount(p.pred, minlength=num_classes).tolist(),
+        "distinct_sources": int(torch.unique(p.source).numel()),
+        "mean_area": round(float(area.mean()), 4),
+    }
+    if p.noise_free is not None:
+        out["noise_free_share"] = round(float(p.noise_free.double().mean()), 4)
+    return out
+
+
+def summarize(p: ScoredPatches, class_names: tuple[str, ...], image_size: int) -> dict:
+    """Overall figures and the same per class (keyed by class name)."""
+    area = image_size * image_size
+    c = len(class_names)
+    return {
+        "overall": _figures(p, c, area),
+        "per_class": {
+            name: _figures(p.take(torch.nonzero(p.label == k).flatten()), c, area)
+            for k, name in enumerate(class_names)
+        },
+    }
+
+
+def selection_diagnostics(
+    selected: ScoredPatches, pool: ScoredPatches, class_names: tuple[str, ...], image_size: int
+) -> dict:
+    """The record stored in the manifest and ``run_stats.json``."""
+    return {
+        "judge": "the scoring teacher, on each patch as it was scored",
+        "class_names": list(class_names),
+        "selected": summarize(selected, class_names, image_size),
+        "pool": summarize(pool, class_names, image_size),
+    }
+
+
+def summary_line(d: dict) -> str:
+    """One line: the selected patches against the pool."""
+    s, p = d["selected"]["overall"], d["pool"]["overall"]
+    names = d["class_names"]
+    top = max(range(len(names)), key=lambda k: s["predicted"][k])
+    share = s["predicted"][top] / max(s["patches"], 1)
+    line = (
+        f"teacher on selected patches: top-1 {100 * s['teacher_top1']:.1f}% "
+        f"(pool {100 * p['teacher_top1']:.1f}%), true-class prob {s['mean_true_class_prob']:.2f} "
+        f"(pool {p['mean_true_class_prob']:.2f}), area {100 * s['mean_area']:.0f}% of the image, "
+        f"{s['distinct_sources']} sources for {s['patches']} patches, "
+        f"most predicted {names[top]!r} ({100 * share:.0f}%)"
+    )
+    if "noise_free_share" in s:
+        line += f", noise-free {100 * s['noise_free_share']:.0f}%"
+    return line
+
+
+def warning(d: dict) -> str | None:
+    """A warning when the teacher gets most selected patches wrong; None otherwise."""
+    s = d["selected"]["overall"]
+    if s.get("patches", 0) == 0 or s["teacher_top1"] >= WARN_BELOW:
+        return None
+    return (
+        f"the teacher classifies only {100 * s['teacher_top1']:.0f}% of the selected patches "
+        f"correctly (pool: {100 * d['pool']['overall']['teacher_top1']:.0f}%); the set is built "
+        "from patches the teacher finds unlike their class, which usually means the crop is too "
+        "small for the resolution or the utility rule keeps hard examples: students trained on "
+        "it tend to do badly"
+    )

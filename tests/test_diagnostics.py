@@ -1,0 +1,97 @@
+"""Selection diagnostics: what the judge teacher thinks of the kept patches, per method."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from infoutil.data import ValidationSplit, load_dataset
+from infoutil.data.augment import to_float
+from infoutil.io.checkpoint import load_teacher
+from infoutil.methods import distill
+from infoutil.selection.crops import crop_and_resize
+from infoutil.selection.diagnostics import ScoredPatches, selection_diagnostics, warning
+from tests.helpers import fmnist_distill, run_cli, small_config
+
+VAL = ValidationSplit(40, 3)
+
+
+def _distill(method, teacher, out, data_root):
+    cfg = small_config(method, val_per_class=VAL.per_class, val_seed=VAL.seed)
+    distill(cfg, teacher, out, data_root=str(data_root), progress=False)
+    return json.loads((out / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("method", ["infoutil", "rded", "random", "herding"])
+def test_diagnostics_equal_a_recomputation_from_the_saved_patches(
+    method, fmnist_teacher, data_root, tmp_path
+):
+    manifest = _distill(method, fmnist_teacher, tmp_path / method, data_root)
+    diag = manifest["diagnostics"]
+    assert json.loads((tmp_path / method / "run_stats.json").read_text())["diagnostics"] == diag
+    train = load_dataset("fashion-mnist", "train", str(data_root), validation=VAL)
+    model = load_teacher(fmnist_teacher).model
+    patches = [p for entry in manifest["images"] for p in entry["patches"]]
+    src = torch.tensor([p["source_index"] for p in patches])
+    boxes = torch.tensor([p["box"] for p in patches])
+    labels = train.targets[src]
+    # every method scores a patch resized to the input size (rded at factor 1 too)
+    x = crop_and_resize(to_float(train.get_batch(src)), boxes, (28, 28), "resize")
+    with torch.inference_mode():
+        logits = model(x)
+    direct = ScoredPatches.from_logits(src, labels, boxes, logits)
+    sel = diag["selected"]["overall"]
+    assert sel["patches"] == len(patches) == 20
+    assert sel["teacher_top1"] == round(float((direct.pred == labels).double().mean()), 4)
+    assert sel["mean_true_class_prob"] == pytest.approx(float(direct.prob.mean()), abs=2e-4)
+    assert sel["predicted"] == torch.bincount(direct.pred, minlength=10).tolist()
+    assert sel["distinct_sources"] == len(set(src.tolist()))
+    area = (boxes[:, 2] * boxes[:, 3]).double() / 28**2
+    assert sel["mean_area"] == pytest.approx(float(area.mean()), abs=1e-4)
+    for c, name in enumerate(diag["class_names"]):
+        mine = labels == c
+        assert diag["selected"]["per_class"][name]["patches"] == int(mine.sum())
+    if method == "infoutil":
+        noise_free = sum(p["noise_free"] for p in patches) / len(patches)
+        assert sel["noise_free_share"] == pytest.approx(noise_free, abs=1e-4)
+    pool = diag["pool"]["overall"]
+    assert pool["patches"] >= sel["patches"]
+    if method in ("random", "herding"):
+        assert pool["patches"] == 60 and sel["mean_area"] == 1.0  # the pool, whole images
+
+
+def _fake(top1: float, n: int = 10) -> dict:
+    right = int(round(top1 * n))
+    label = torch.zeros(n, dtype=torch.int64)
+    pred = torch.tensor([0] * right + [1] * (n - right))
+    p = ScoredPatches(
+        torch.arange(n), label, torch.tensor([[0, 0, 4, 4]] * n), torch.full((n,), 0.5), pred
+    )
+    return selection_diagnostics(p, p, ("a", "b"), 8)
+
+
+def test_the_warning_fires_below_half_and_stays_silent_above():
+    assert warning(_fake(0.3)) is not None and "30%" in warning(_fake(0.3))
+    assert warning(_fake(0.5)) is None and warning(_fake(0.9)) is None
+
+
+def test_the_distill_warns_when_the_teacher_gets_most_selected_patches_wrong(
+    fmnist_teacher, tmp_path
+):
+    common = ["--ipc", "2", "--candidates-per-class", "6", "--budget", "32", "-q"]
+    paper = run_cli(*fmnist_distill(fmnist_teacher, *common, "--out", str(tmp_path / "p")))
+    assert paper.returncode == 0, paper.stderr
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    top1 = manifest["diagnostics"]["selected"]["overall"]["teacher_top1"]
+    assert top1 < 0.5  # the highest gradient norms are the crops the teacher gets wrong
+    assert "teacher on selected patches: top-1" in paper.stdout
+    assert paper.stderr.count("warning: the teacher classifies only") == 1
+    rded = run_cli(
+        *fmnist_distill(fmnist_teacher, *common, "--method", "rded", "--out", str(tmp_path / "r"))
+    )
+    assert rded.returncode == 0 and "teacher on selected patches" in rded.stdout
+    top1 = json.loads((tmp_path / "r" / "manifest.json").read_text())["diagnostics"]
+    assert top1["selected"]["overall"]["teacher_top1"] >= 0.5
+    assert "warning" not in rded.stderr
