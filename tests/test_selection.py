@@ -1,10 +1,11 @@
-"""Crop geometry, noise, tie-breaking, top-k per class, and gradient norms."""
+"""Crop geometry, noise, tie-breaking, top-k per class, gradient norms, utility rules, Grad-CAM."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from infoutil.attribution.gradcam import gradcam_maps
 from infoutil.data import DatasetInfo
 from infoutil.models import create_model
 from infoutil.selection.crops import (
@@ -15,7 +16,18 @@ from infoutil.selection.crops import (
     noise_sigma,
     pool_map,
 )
-from infoutil.selection.utility import grad_norms, grad_norms_loop, top_k_per_class
+from infoutil.selection.utility import (
+    ClassCrops,
+    grad_norms,
+    grad_norms_loop,
+    rule_badge,
+    rule_highest,
+    rule_highest_correct,
+    rule_lowest,
+    rule_quantile,
+    rule_strata,
+    top_k_per_class,
+)
 
 
 def test_pooling_a_4x4_map_gives_3x3_quarter_windows():
@@ -111,3 +123,88 @@ def test_vectorised_grad_norms_equal_the_autograd_loop(arch):
         last, grad_norms_loop(model, x, y, list(model.fc.parameters())), rtol=1e-4
     )
     assert (last < fast).all()  # a part of the gradient is smaller than the whole
+
+
+# ---------------------------------------------------------------- utility rules
+
+
+def _crops(score, correct=None, source=None, gram=None, seed=0):
+    score = torch.tensor(score, dtype=torch.float64)
+    n = len(score)
+    return ClassCrops(
+        score=score,
+        correct=torch.ones(n, dtype=torch.bool) if correct is None else torch.tensor(correct),
+        source=torch.arange(n) if source is None else torch.tensor(source),
+        generator=torch.Generator().manual_seed(seed),
+        gram=gram,
+    )
+
+
+def test_ranking_rules_and_one_crop_per_source():
+    crops = _crops([5.0, 4.0, 3.0, 2.0, 1.0], source=[0, 0, 1, 1, 2])
+    assert rule_highest(crops, 3, False).tolist() == [0, 1, 2]
+    assert rule_highest(crops, 3, True).tolist() == [0, 2, 4]  # the best crop of each source
+    assert rule_lowest(crops, 2, False).tolist() == [4, 3]
+    assert rule_lowest(crops, 3, True).tolist() == [4, 3, 1]
+
+
+def test_highest_correct_keeps_the_teacher_right_crops_first():
+    crops = _crops([9.0, 8.0, 3.0, 2.0, 1.0], correct=[False, True, True, False, False])
+    assert rule_highest_correct(crops, 2, False).tolist() == [1, 2]
+    # too few correct: the wrong ones follow, easiest (lowest norm) first
+    assert rule_highest_correct(crops, 4, False).tolist() == [1, 2, 4, 3]
+
+
+def test_quantile_takes_the_band_around_the_median():
+    crops = _crops([float(v) for v in [10, 0, 5, 9, 1, 4, 6, 2, 8, 3, 7]])  # 0..10 shuffled
+    picked = rule_quantile(crops, 3, False, quantile=0.5)
+    assert sorted(float(crops.score[i]) for i in picked) == [4.0, 5.0, 6.0]
+    top = rule_quantile(crops, 2, False, quantile=1.0)
+    assert sorted(float(crops.score[i]) for i in top) == [9.0, 10.0]
+
+
+def test_strata_drop_the_hardest_and_cover_the_range():
+    score = [float(v) for v in range(100)]
+    crops = _crops(score, seed=3)
+    picked = rule_strata(crops, 10, False, strata=10, hardest_cut=0.1)
+    values = sorted(float(crops.score[i]) for i in picked)
+    assert len(values) == 10 and max(values) < 90  # the hardest 10% are gone
+    assert len({int(v // 9) for v in values}) == 10  # one from each of the 10 strata
+    again = rule_strata(_crops(score, seed=3), 10, False, strata=10, hardest_cut=0.1)
+    assert torch.equal(picked, again)  # seeded
+    sources = [i // 10 for i in range(100)]  # ten crops per source
+    one = rule_strata(_crops(score, source=sources), 9, True, strata=3, hardest_cut=0.0)
+    assert len({sources[i] for i in one.tolist()}) == 9
+
+
+def test_badge_starts_at_the_largest_embedding_and_spreads_out():
+    # embeddings: two tight clusters and one far point with the largest norm
+    emb = torch.tensor(
+        [[1.0, 0.0], [1.01, 0.0], [0.99, 0.01], [0.0, 1.0], [0.0, 1.02], [5.0, 5.0]],
+        dtype=torch.float64,
+    )
+    crops = _crops([0.0] * 6, gram=lambda: emb @ emb.T)
+    picked = rule_badge(crops, 3, False).tolist()
+    assert picked[0] == 5
+    assert {0, 1, 2} & set(picked) and {3, 4} & set(picked)  # one from each cluster
+    same_source = _crops([0.0] * 6, source=[0, 0, 0, 1, 1, 2], gram=lambda: emb @ emb.T)
+    assert sorted(rule_badge(same_source, 3, True).tolist())[-1] == 5
+    assert len({[0, 0, 0, 1, 1, 2][i] for i in rule_badge(same_source, 3, True)}) == 3
+
+
+def test_gradcam_finds_the_bright_patch():
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 1),
+        torch.nn.ReLU(),
+        torch.nn.AvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(2 * 16 * 16, 3),
+    )
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].bias.zero_()
+        net[4].weight.fill_(0.01)
+    img = torch.zeros(1, 1, 32, 32)
+    img[0, 0, 8:16, 24:32] = 1.0  # grid cell (1, 3)
+    maps = gradcam_maps(net, img, torch.tensor([0]), grid=4)
+    assert maps.shape == (1, 4, 4) and int(maps.flatten().argmax()) == 1 * 4 + 3

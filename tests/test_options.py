@@ -1,0 +1,114 @@
+"""Every named option of InfoUtil runs through ``distill`` and does what its name says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from infoutil.config import RECIPES
+from infoutil.methods import distill
+from tests.helpers import small_config
+
+
+@pytest.fixture(scope="module")
+def run(fmnist_teacher, data_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("options")
+    done = {}
+
+    def go(name, **options):
+        if name not in done:
+            out = root / name
+            distill(
+                small_config(**options),
+                fmnist_teacher,
+                out,
+                data_root=str(data_root),
+                progress=False,
+            )
+            manifest = json.loads((out / "manifest.json").read_text())
+            done[name] = (manifest, load_file(str(out / "scores.safetensors")))
+        return done[name]
+
+    return go
+
+
+def _selected_norms(scores, c):
+    cls = scores["candidate_labels"][:, None].expand_as(scores["grad_norm"])
+    return scores["grad_norm"][(cls == c) & scores["selected"]]
+
+
+def test_the_window_and_grid(run):
+    _, base = run("base")
+    assert (base["boxes"][..., 2:] == 14).all()  # kernel 2 of a 4x4 grid: half of each side
+    _, k3 = run("k3", informativeness={"budget": 32, "pool_kernel": 3})
+    assert (k3["boxes"][..., 2:] == 21).all() and k3["pooled"].shape[1:] == (2, 2)
+    _, g2 = run("grid2", informativeness={"budget": 32, "grid": 2, "pool_kernel": 1})
+    assert g2["shapley"].shape[1:] == (2, 2) and (g2["boxes"][..., 2:] == 14).all()
+    m, f2 = run("factor2", factor=2, ipc=1)
+    assert m["factor"] == 2 and all(len(e["patches"]) == 4 for e in m["images"])
+
+
+def test_precision_dedupe_crop_input_and_grad_norm(run):
+    _, base = run("base")
+    _, bf16 = run("bf16", informativeness={"budget": 32, "precision": "bf16"})
+    rel = (bf16["shapley"] - base["shapley"]).norm() / base["shapley"].norm()
+    assert 0 < float(rel) < 0.2  # bf16 forwards: other values, the same picture
+    _, nodedupe = run("nodedupe", informativeness={"budget": 32, "dedupe": False})
+    assert base["grad_norm"].isnan().any() and not nodedupe["grad_norm"].isnan().any()
+    _, pad = run("pad", utility={"crop_input": "pad"})
+    assert not torch.allclose(pad["grad_norm"].nan_to_num(), base["grad_norm"].nan_to_num())
+    _, last = run("last", utility={"grad_norm": "last_layer"})
+    both = ~base["grad_norm"].isnan()
+    assert (last["grad_norm"][both] < base["grad_norm"][both]).all()  # a part of the whole
+
+
+@pytest.mark.parametrize("rule", ["lowest", "highest_correct", "quantile", "strata", "badge"])
+def test_each_utility_rule(rule, run):
+    manifest, scores = run(rule, utility={"select": rule})
+    _, base = run("base")
+    assert torch.equal(scores["grad_norm"].nan_to_num(), base["grad_norm"].nan_to_num())
+    assert int(scores["selected"].sum()) == 20
+    for c in range(10):
+        mine = scores["grad_norm"][scores["candidate_labels"] == c].flatten()
+        mine = mine[~mine.isnan()]
+        picked = _selected_norms(scores, c)
+        if rule == "lowest":
+            assert set(picked.tolist()) == set(mine.sort().values[:2].tolist())
+        if rule == "highest_correct":
+            cls = scores["candidate_labels"][:, None].expand_as(scores["grad_norm"])
+            sel = (cls == c) & scores["selected"]
+            right = (scores["teacher_pred"] == c) & (cls == c) & ~scores["grad_norm"].isnan()
+            if int(right.sum()) >= 2:
+                assert (scores["teacher_pred"][sel] == c).all()
+    assert manifest["config"]["utility"]["select"] == rule
+
+
+def test_one_crop_per_source_and_the_paper_recipe(run):
+    manifest, _ = run("best", utility={"per_source": "best"})
+    sel = manifest["diagnostics"]["selected"]["overall"]
+    assert sel["distinct_sources"] == sel["patches"] == 20
+    paper, _ = run("paper", recipe="paper")
+    for section, values in RECIPES["paper"].items():
+        for key, value in values.items():
+            assert paper["config"][section][key] == value
+
+
+def test_attribution_controls(run):
+    _, gradcam = run("gradcam", informativeness={"budget": 32, "attribution": "gradcam"})
+    assert "gradcam" in gradcam and "shapley" not in gradcam
+    _, rand = run("random", informativeness={"budget": 32, "attribution": "random"})
+    _, again = run("random-again", informativeness={"budget": 32, "attribution": "random"})
+    assert torch.equal(rand["random"], again["random"])  # seeded per candidate
+    _, base = run("base")
+    assert not torch.equal(rand["boxes"], base["boxes"])
+
+
+def test_the_gradient_norm_at_an_earlier_checkpoint(run, fmnist_teacher):
+    _, base = run("base")  # the last epoch (2) of the teacher's run
+    manifest, early = run("early", utility={"teacher_epoch": 1})
+    assert torch.equal(early["boxes"], base["boxes"])  # the crops come from the same maps
+    assert not torch.allclose(early["grad_norm"].nan_to_num(), base["grad_norm"].nan_to_num())
+    assert manifest["teacher"]["epoch"] == 2  # the judge is still the scoring checkpoint
