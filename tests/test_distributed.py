@@ -38,9 +38,27 @@ def torchrun(*args: str, env: dict | None = None, timeout: int = 900):
 
 @pytest.mark.slow
 def test_two_ranks_distill_the_same_bytes_as_one(fmnist_teacher, tmp_path):
+    """One process on two threads against two ranks on one thread each, on a pool of 200
+    candidates (chunks of 64, 64, 64 and 8): the same bytes."""
     one = tmp_path / "one"
+    args = [
+        "distill",
+        "--method",
+        "infoutil",
+        "--dataset",
+        "fashion-mnist",
+        "--ipc",
+        "2",
+        "--candidates-per-class",
+        "20",
+        "--budget",
+        "32",
+        "-q",
+        "--threads",
+    ]
     proc = run_cli(
-        *ARGS,
+        *args,
+        "2",
         "--teacher",
         str(fmnist_teacher),
         "--out",
@@ -50,7 +68,8 @@ def test_two_ranks_distill_the_same_bytes_as_one(fmnist_teacher, tmp_path):
     assert proc.returncode == 0, proc.stderr
     two = tmp_path / "two"
     proc = torchrun(
-        *ARGS,
+        *args,
+        "1",
         "--teacher",
         str(fmnist_teacher),
         "--out",
@@ -65,7 +84,7 @@ def test_two_ranks_distill_the_same_bytes_as_one(fmnist_teacher, tmp_path):
             assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
     # each rank scored its own chunks: both ranks' chunks are in the store
     chunks = list((tmp_path / "c2" / "scores").rglob("chunk_*.safetensors"))
-    assert len(chunks) == 2 * 3  # shapley + utility, 3 chunks of 64 candidates each
+    assert len(chunks) == 2 * 4  # shapley + utility, 4 chunks each
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ computed with ``torch.func`` (``vmap`` of ``grad`` over a functional call), in c
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,16 +55,34 @@ def grad_norms_and_logits(
 
     per_sample = vmap(grad(loss, has_aux=True), in_dims=(None, 0, 0))
     norms, logits = [], []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size]
-        y = labels[start : start + batch_size]
-        grads, out = per_sample(params, x, y)
-        sq = sum(g.reshape(len(x), -1).to(torch.float64).pow(2).sum(1) for g in grads.values())
-        norms.append(sq.sqrt().cpu())
-        logits.append(out.float().cpu())
+    with _one_cpu_thread(images.device):
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size]
+            y = labels[start : start + batch_size]
+            grads, out = per_sample(params, x, y)
+            sq = sum(g.reshape(len(x), -1).double().pow(2).sum(1) for g in grads.values())
+            norms.append(sq.sqrt().cpu())
+            logits.append(out.float().cpu())
     if not norms:
         return torch.empty(0, dtype=torch.float64), torch.empty(0, 0)
     return torch.cat(norms), torch.cat(logits)
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    """Per-sample gradients on one intra-op thread. On a CPU their weight-gradient reductions
+    split by thread, so their last bits depend on the thread count, and the scores would differ
+    between a single process and torchrun ranks (which run one thread each). Measured, one
+    thread is no slower here: vmapped per-sample gradients are memory-bound (BENCHMARKS.md)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.inference_mode()
