@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -29,16 +28,18 @@ def test_the_packaged_teacher_is_small_and_recorded():
     assert teacher.epoch == prov["epochs"]
 
 
-@pytest.mark.slow
-def test_retraining_with_the_recorded_command_reproduces_its_accuracy(tmp_path, data_root):
-    """The first epoch of the recorded command, compared with the recorded first epoch."""
+def test_teacher_eval_measures_the_recorded_accuracy(data_root):
+    """``teacher eval`` on the shipped weights gives the accuracy their provenance records.
+
+    That the recorded command retrains them is a benchmark (BENCHMARKS.md, *Teachers*: the
+    first two epochs replayed to the same loss); a full epoch is too long for the suite.
+    """
     prov = packaged_teacher_provenance()
-    args = prov["command"].split()[1:]
-    args[args.index("DIR")] = str(tmp_path / "t")
-    proc = run_cli(*args, "--stop-after", "1")
+    proc = run_cli("teacher", "eval", str(packaged_teacher()), "--threads", "1")
     assert proc.returncode == 0, proc.stderr
-    epoch1 = json.loads((tmp_path / "t" / "epoch_0001.json").read_text())
-    assert epoch1["test_accuracy"] == pytest.approx(prov["test_accuracy_per_epoch"][0], abs=0.01)
+    measured = float(re.search(r"test accuracy (\d\.\d+)", proc.stdout).group(1))
+    assert measured == pytest.approx(prov["test_accuracy"], abs=1e-4)
+    assert "recorded 0.9226" in proc.stdout
 
 
 class _Collector(HTMLParser):

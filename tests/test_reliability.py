@@ -147,25 +147,29 @@ def test_incomplete_or_corrupted_sets_are_refused(uninterrupted, tmp_path):
 
 
 def test_a_second_run_on_the_same_output_stops_at_once(fmnist_teacher, tmp_path):
+    """The first run is held at its first scored chunk, lock taken, until the second is done."""
+    held = tmp_path / "held"
     env = dict(os.environ, INFOUTIL_CACHE=str(tmp_path / "c"))
+    env["INFOUTIL_PAUSE_AT"] = f"shapley-chunk:{held}"
     out = tmp_path / "busy"
-    slow = [*DISTILL, "--teacher", str(fmnist_teacher), "--out", str(out), "--budget", "160"]
+    args = [*DISTILL, "--teacher", str(fmnist_teacher), "--out", str(out)]
     first = subprocess.Popen(
-        [sys.executable, "-m", "infoutil", *slow],
+        [sys.executable, "-m", "infoutil", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    lock = tmp_path / "busy.lock"
-    deadline = time.time() + 120
-    while not (lock.exists() and lock.read_text().strip()):
-        assert time.time() < deadline and first.poll() is None
-        time.sleep(0.05)
-    t0 = time.time()
-    second = run_cli(*slow, env={"INFOUTIL_CACHE": str(tmp_path / "c2")})
-    assert time.time() - t0 < 30
-    assert_one_line_error(second, "another infoutil run", str(first.pid))
+    try:
+        deadline = time.time() + 300  # only a bound on a broken run; nothing races it
+        while not held.exists():
+            assert time.time() < deadline and first.poll() is None, first.stderr.read()
+            time.sleep(0.05)
+        second = run_cli(*args, env={"INFOUTIL_CACHE": str(tmp_path / "c2")})
+        assert_one_line_error(second, "another infoutil run", str(first.pid))
+        assert not (tmp_path / "c2" / "scores").exists()  # it stopped before any work
+    finally:
+        held.unlink(missing_ok=True)
     assert first.wait(timeout=600) == 0, first.stderr.read()
     load_distilled(out)
 

@@ -103,8 +103,12 @@ def fault_point(name: str) -> None:
 
     Set ``INFOUTIL_KILL_AT=name:N`` (N defaults to 1). The reliability tests use it to stop a
     real run at a precise point (mid-scoring, mid-write) and check that ``--resume`` finishes
-    it byte-identically. Without the variable this is a dictionary lookup.
+    it byte-identically. ``INFOUTIL_PAUSE_AT=name:FILE`` holds the run there instead (see
+    :func:`_pause_point`). Without the variables this is two dictionary lookups.
     """
+    pause = os.environ.get("INFOUTIL_PAUSE_AT")
+    if pause:
+        _pause_point(name, pause)
     spec = os.environ.get("INFOUTIL_KILL_AT")
     if not spec:
         return
@@ -119,6 +123,22 @@ def fault_point(name: str) -> None:
 
 
 _FAULT_HITS: dict[str, int] = {}
+
+
+def _pause_point(name: str, spec: str) -> None:
+    """``INFOUTIL_PAUSE_AT=name:FILE``: at the first pass through ``name``, create FILE and
+    wait until it is removed. A test uses it to hold a run at a known point (holding its lock,
+    say) for as long as it needs, whatever the machine's speed."""
+    from pathlib import Path
+
+    target, _, marker = spec.partition(":")
+    if target != name or _FAULT_HITS.get(f"pause:{name}"):
+        return
+    _FAULT_HITS[f"pause:{name}"] = 1
+    flag = Path(marker)
+    flag.write_text(str(os.getpid()))
+    while flag.exists():
+        time.sleep(0.05)
 
 
 def warn(message: str) -> None:
