@@ -42,6 +42,12 @@ ValPerClass = typer.Option(
     "this run draws from it (measure on it with 'evaluate --split val').",
 )
 ValSeed = typer.Option(None, "--val-seed", help="Seed of the validation split (default 0).")
+ImageSize = typer.Option(
+    None,
+    "--image-size",
+    help="Side in pixels that imagefolder:PATH images are resized and centre-cropped to "
+    "(default: the first image's shorter side, at most 224); recorded in every output.",
+)
 
 
 def _config(cls, config: Path | None, flags: dict, base: dict | None = None):
@@ -69,6 +75,7 @@ def data_info(
         "--download",
         help="Fetch it first if missing (cifar10, cifar100 pickles; fashion-mnist).",
     ),
+    image_size: int | None = ImageSize,
     data_root: str | None = DataRoot,
     cache_dir: str | None = CacheDir,
 ) -> None:
@@ -76,7 +83,14 @@ def data_info(
     from infoutil.data import load_dataset
 
     for split in ("train", "test"):
-        ds = load_dataset(dataset, split, data_root, download=download, cache_dir=cache_dir)
+        ds = load_dataset(
+            dataset,
+            split,
+            data_root,
+            download=download,
+            cache_dir=cache_dir,
+            image_size=image_size,
+        )
         counts = ds.targets.bincount(minlength=ds.info.num_classes).tolist()
         typer.echo(
             f"{split}: {len(ds)} images, {ds.info.channels}x{ds.info.image_size}x"
@@ -84,6 +98,22 @@ def data_info(
             f"{min(counts)}..{max(counts)}"
         )
     typer.echo("classes (label order): " + ", ".join(ds.info.class_names))
+
+
+@data_app.command("prepare")
+def data_prepare(
+    path: Path = typer.Argument(..., help="An image folder with train/ and a flat val/."),
+    val_labels: Path = typer.Option(
+        ...,
+        "--val-labels",
+        help="The validation labels: Kaggle's LOC_val_solution.csv, or lines of 'FILE CLASS'.",
+    ),
+) -> None:
+    """Sort a flat val/ folder (ImageNet's validation layout) into val/<class>/ folders."""
+    from infoutil.data.sources import sort_flat_split
+
+    moved = sort_flat_split(path / "val", val_labels, classes_from=path / "train")
+    typer.echo(f"{path}/val: {moved} images sorted into class folders; use imagefolder:{path}")
 
 
 @teacher_app.command("train")
@@ -105,6 +135,7 @@ def teacher_train(
     ),
     val_per_class: int | None = ValPerClass,
     val_seed: int | None = ValSeed,
+    image_size: int | None = ImageSize,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     stop_after: int | None = typer.Option(
         None, "--stop-after", help="Stop after this many epochs of this invocation."
@@ -134,6 +165,7 @@ def teacher_train(
             "test_per_class": test_per_class,
             "val_per_class": val_per_class,
             "val_seed": val_seed,
+            "image_size": image_size,
         },
     )
 
@@ -167,7 +199,10 @@ def teacher_eval(
 
     _setup(threads)
     t = load_teacher(teacher)
-    test = load_dataset(dataset or t.info.name, "test", data_root, cache_dir=cache_dir)
+    name = dataset or t.info.name
+    # a folder of images is resized to the size the teacher was trained at
+    size = t.info.image_size if name.startswith("imagefolder:") else None
+    test = load_dataset(name, "test", data_root, cache_dir=cache_dir, image_size=size)
     t = load_teacher(teacher, expect=test.info)
     acc = accuracy(t.model, test)
     typer.echo(
@@ -182,6 +217,7 @@ def teacher_import(
     arch: str = typer.Option(..., "--arch"),
     dataset: str = typer.Option(..., "--dataset"),
     out: Path = typer.Option(..., "--out"),
+    image_size: int | None = ImageSize,
     data_root: str | None = DataRoot,
     cache_dir: str | None = CacheDir,
 ) -> None:
@@ -190,7 +226,7 @@ def teacher_import(
     from infoutil.evaluation.metrics import accuracy
     from infoutil.io.checkpoint import import_torch_checkpoint, save_teacher_epoch
 
-    test = load_dataset(dataset, "test", data_root, cache_dir=cache_dir)
+    test = load_dataset(dataset, "test", data_root, cache_dir=cache_dir, image_size=image_size)
     model = import_torch_checkpoint(checkpoint, arch, test.info)
     acc = accuracy(model, test)
     save_teacher_epoch(
@@ -253,6 +289,7 @@ def distill(
     grad_norm: str | None = typer.Option(None, "--grad-norm", help="full or last_layer."),
     val_per_class: int | None = ValPerClass,
     val_seed: int | None = ValSeed,
+    image_size: int | None = ImageSize,
     config: Path | None = ConfigFile,
     resume: bool = Resume,
     overwrite: bool = Overwrite,
@@ -280,6 +317,7 @@ def distill(
             "factor": factor,
             "val_per_class": val_per_class,
             "val_seed": val_seed,
+            "image_size": image_size,
             "informativeness": {"estimator": estimator, "budget": budget},
             "utility": {"grad_norm": grad_norm},
         },

@@ -45,6 +45,7 @@ class TeacherConfig(HoldsOutValidation):
     """
 
     dataset: str
+    image_size: int | None = Field(None, ge=8)  # imagefolder:PATH only (None: see data docs)
     arch: str = "convnet3"
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -147,6 +148,7 @@ class DistillConfig(HoldsOutValidation):
     recipe: Literal["default", "paper"] = "default"
     method: Literal["infoutil", "rded", "random", "herding", "kcenter", "full"] = "infoutil"
     dataset: str
+    image_size: int | None = Field(None, ge=8)  # imagefolder:PATH only (None: see data docs)
     ipc: int = Field(..., ge=1, description="images per class")
     seed: int = 0
     candidates_per_class: int = Field(300, ge=1)  # paper/RDED: 300

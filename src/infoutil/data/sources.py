@@ -105,26 +105,110 @@ def _cached_arrays(
 # ---------------------------------------------------------------- ImageFolder (zip or tree)
 
 
-def _scan_folder_tree(split_dir: Path) -> dict[str, list[str]]:
-    """class name -> sorted relative file names; errors name the offending folder or file."""
-    classes: dict[str, list[str]] = {}
-    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        files = []
-        for f in sorted(class_dir.iterdir()):
-            if f.name.startswith("."):
-                continue
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
+def _image_files(folder: Path, strict: bool = True) -> list[Path]:
+    """The image files of a folder, sorted; with ``strict`` any other file is an error."""
+    files = []
+    for f in sorted(folder.iterdir()):
+        if f.name.startswith(".") or f.is_dir():
+            continue
+        if f.suffix.lower() not in IMAGE_SUFFIXES:
+            if strict:
                 raise UserError(
                     f"{f}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)}); "
                     "move it out of the class folder"
                 )
-            files.append(f"{class_dir.name}/{f.name}")
+            continue
+        files.append(f)
+    return files
+
+
+def _scan_folder_tree(split_dir: Path) -> dict[str, list[str]]:
+    """class name -> sorted file paths relative to ``split_dir``, for the layouts datasets ship
+    in: ImageFolder (``<class>/*``), Tiny-ImageNet's train (``<class>/images/*``, beside a
+    boxes file) and val (``images/*`` + ``val_annotations.txt``), and ImageNet's flat val
+    folder with Kaggle's ``LOC_val_solution.csv`` beside it. Errors name the folder or file."""
+    annotations = split_dir / "val_annotations.txt"
+    if annotations.is_file() and (split_dir / "images").is_dir():  # Tiny-ImageNet's val
+        return _scan_labelled(split_dir, "images", _read_labels(annotations))
+    class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    if not class_dirs and _image_files(split_dir, strict=False):  # a flat folder of images
+        solution = split_dir.parent / "LOC_val_solution.csv"
+        if solution.is_file():
+            return _scan_labelled(split_dir, "", _read_labels(solution))
+        raise UserError(
+            f"{split_dir}: a flat folder of images with no class folders (ImageNet's validation "
+            f"layout); sort it into class folders with 'infoutil data prepare {split_dir.parent} "
+            "--val-labels LABELS' (LABELS: LOC_val_solution.csv, or lines of 'FILE CLASS')"
+        )
+    classes: dict[str, list[str]] = {}
+    for class_dir in class_dirs:
+        nested = class_dir / "images"  # Tiny-ImageNet's train: <wnid>/images/*.JPEG
+        folder = nested if nested.is_dir() else class_dir
+        files = [
+            str(f.relative_to(split_dir)) for f in _image_files(folder, strict=folder is class_dir)
+        ]
         if not files:
             raise UserError(f"{class_dir}: class folder is empty; add images or remove it")
         classes[class_dir.name] = files
     if not classes:
         raise UserError(f"{split_dir}: no class folders found (expected {split_dir}/<class>/...)")
     return classes
+
+
+def _read_labels(path: Path) -> dict[str, str]:
+    """file name -> class from a labels file: Kaggle's ``LOC_val_solution.csv`` (ImageId,
+    PredictionString starting with the class), Tiny-ImageNet's ``val_annotations.txt`` (tab
+    separated, class second), or lines of ``FILE CLASS`` / ``FILE,CLASS``."""
+    labels: dict[str, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.replace(",", " ").replace("\t", " ").split()
+        if not parts or (n == 1 and parts[0] == "ImageId"):
+            continue
+        if len(parts) < 2:
+            raise UserError(f"{path}:{n}: expected 'FILE CLASS', got {line!r}")
+        stem = Path(parts[0]).stem
+        if labels.get(stem, parts[1]) != parts[1]:
+            raise UserError(f"{path}:{n}: {parts[0]} is labelled twice, {labels[stem]!r} first")
+        labels[stem] = parts[1]
+    if not labels:
+        raise UserError(f"{path}: no labels in this file")
+    return labels
+
+
+def sort_flat_split(split_dir: Path, labels_file: Path, classes_from: Path) -> int:
+    """Move the images of a flat ``split_dir`` into ``split_dir/<class>/`` by a labels file;
+    every class must be one of ``classes_from``'s folders. Returns how many were moved."""
+    if not split_dir.is_dir():
+        raise UserError(f"{split_dir}: no such folder")
+    if not labels_file.is_file():
+        raise UserError(f"{labels_file}: no such labels file")
+    known = (
+        {p.name for p in classes_from.iterdir() if p.is_dir()} if classes_from.is_dir() else None
+    )
+    labels = _read_labels(labels_file)
+    images = _image_files(split_dir, strict=False)
+    for f in images:  # check everything before moving anything
+        if f.stem not in labels:
+            raise UserError(f"{f}: no label for this image in {labels_file}")
+        if known is not None and labels[f.stem] not in known:
+            raise UserError(
+                f"{labels_file}: class {labels[f.stem]!r} of {f.name} is not a folder of "
+                f"{classes_from}"
+            )
+    for f in images:
+        target = split_dir / labels[f.stem] / f.name
+        target.parent.mkdir(exist_ok=True)
+        f.rename(target)
+    return len(images)
+
+
+def _scan_labelled(split_dir: Path, sub: str, labels: dict[str, str]) -> dict[str, list[str]]:
+    classes: dict[str, list[str]] = {}
+    for f in _image_files(split_dir / sub if sub else split_dir, strict=False):
+        if f.stem not in labels:
+            raise UserError(f"{f}: no label for this image in the split's labels file")
+        classes.setdefault(labels[f.stem], []).append(str(f.relative_to(split_dir)))
+    return {c: sorted(v) for c, v in sorted(classes.items())}
 
 
 def _scan_zip(zf: zipfile.ZipFile, split: str, label: str) -> dict[str, list[str]]:
@@ -212,9 +296,15 @@ def _find_split_sources(base: Path) -> tuple[Path, Path, str] | None:
                     return tr, te, test_split
             else:
                 tr, te = base / "train", base / test_split
-                if tr.is_dir() and te.is_dir():
+                if tr.is_dir() and te.is_dir() and not _unlabelled(te):
                     return base, base, test_split
     return None
+
+
+def _unlabelled(split_dir: Path) -> bool:
+    """Tiny-ImageNet's test/: one images/ folder and no labels; its val/ is the test split."""
+    dirs = [p.name for p in split_dir.iterdir() if p.is_dir()]
+    return dirs == ["images"] and not (split_dir / "val_annotations.txt").is_file()
 
 
 def _load_imagefolder_cached(
@@ -254,16 +344,55 @@ def _load_imagefolder_cached(
 # ---------------------------------------------------------------- CIFAR
 
 
-def _download(url: str, dest: Path) -> None:
-    print(f"downloading {url} -> {dest}")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, atomic_writer(dest) as f:
-            while block := r.read(1 << 20):
-                f.write(block)
-    except OSError as err:
-        raise UserError(
-            f"cannot download {url} ({err}); fetch it by hand into {dest.parent}"
-        ) from err
+# published MD5s of the files the downloads fetch (the authors' pages; torchvision uses the same)
+DOWNLOAD_MD5 = {
+    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+
+
+def _download_all(urls: list[str], dest_dir: Path, cache_dir: Path) -> None:
+    """Fetch every file into a scratch folder, check each against its published MD5, and only
+    then move them into ``dest_dir``: a bad or broken download leaves nothing in the data root.
+    ``INFOUTIL_MIRROR`` (a base URL) fetches the same file names from a mirror."""
+    import shutil
+    import tempfile
+
+    mirror = os.environ.get("INFOUTIL_MIRROR")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix="download-") as scratch:
+        fetched = []
+        for url in urls:
+            name = url.rsplit("/", 1)[1]
+            if mirror:
+                url = mirror.rstrip("/") + "/" + name
+            tmp = Path(scratch) / name
+            print(f"downloading {url}")
+            md5 = hashlib.md5()
+            try:
+                with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+                    while block := r.read(1 << 20):
+                        md5.update(block)
+                        f.write(block)
+            except OSError as err:
+                raise UserError(
+                    f"cannot download {url} ({err}); fetch it by hand into {dest_dir}"
+                ) from err
+            if md5.hexdigest() != DOWNLOAD_MD5[name]:
+                raise UserError(
+                    f"{url}: the download's MD5 {md5.hexdigest()} is not the published "
+                    f"{DOWNLOAD_MD5[name]}; nothing was written to {dest_dir}, try again or "
+                    "fetch it by hand"
+                )
+            fetched.append(tmp)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in fetched:
+            with atomic_writer(dest_dir / tmp.name) as f, open(tmp, "rb") as src:
+                shutil.copyfileobj(src, f)
 
 
 def _extract_tar(archive: Path, into: Path) -> None:
@@ -274,14 +403,16 @@ def _extract_tar(archive: Path, into: Path) -> None:
     tmp.rmdir()
 
 
-def _cifar_pickle_dir(root: Path, folder: str, url: str, download: bool) -> Path | None:
+def _cifar_pickle_dir(
+    root: Path, folder: str, url: str, download: bool, cache_dir: Path
+) -> Path | None:
     for base in (root, root / "cifar10", root / "cifar100", root / "cifar"):
         if (base / folder).is_dir():
             return base / folder
     if download:
         archive = root / Path(url).name
         if not archive.exists():
-            _download(url, archive)
+            _download_all([url], root, cache_dir)
         _extract_tar(archive, root / folder)
         return root / folder
     return None
@@ -332,7 +463,7 @@ def load_cifar10(root: Path | None, split: str, download: bool, cache_dir: Path)
             if ds.info.class_names != CIFAR10_CLASSES:
                 raise UserError(f"{base}: class folders {ds.info.class_names} are not CIFAR-10's")
             return ds
-    folder = _cifar_pickle_dir(root, "cifar-10-batches-py", CIFAR10_URL, download)
+    folder = _cifar_pickle_dir(root, "cifar-10-batches-py", CIFAR10_URL, download, cache_dir)
     if folder is None:
         raise UserError(
             f"CIFAR-10 not found under {root}: expected cifar10/train.zip + test.zip, "
@@ -346,7 +477,7 @@ def load_cifar10(root: Path | None, split: str, download: bool, cache_dir: Path)
 
 def load_cifar100(root: Path | None, split: str, download: bool, cache_dir: Path) -> ImageDataset:
     root = _need_root(root, "cifar100")
-    folder = _cifar_pickle_dir(root, "cifar-100-python", CIFAR100_URL, download)
+    folder = _cifar_pickle_dir(root, "cifar-100-python", CIFAR100_URL, download, cache_dir)
     if folder is None:
         raise UserError(
             f"CIFAR-100 not found under {root}: expected cifar-100-python/ (or pass --download)"
@@ -387,7 +518,7 @@ def _read_idx(path: Path) -> np.ndarray:
         raise UserError(f"{path}: corrupt IDX file ({err})") from err
 
 
-def _fashion_dir(root: Path | None, download: bool) -> Path:
+def _fashion_dir(root: Path | None, download: bool, cache_dir: Path) -> Path:
     bases = []
     if root is not None:
         bases += [
@@ -402,10 +533,8 @@ def _fashion_dir(root: Path | None, download: bool) -> Path:
             return base
     if download and root is not None:
         dest = root / "fashion-mnist"
-        for pair in FASHION_FILES.values():
-            for f in pair:
-                if not (dest / f).exists():
-                    _download(FASHION_MNIST_URL + f, dest / f)
+        missing = [f for pair in FASHION_FILES.values() for f in pair if not (dest / f).exists()]
+        _download_all([FASHION_MNIST_URL + f for f in missing], dest, cache_dir)
         return dest
     where = (
         f"{root}/fashion-mnist/ or {DEBIAN_FASHION_MNIST}" if root else str(DEBIAN_FASHION_MNIST)
@@ -417,7 +546,7 @@ def _fashion_dir(root: Path | None, download: bool) -> Path:
 
 
 def load_fashion_mnist(root: Path | None, split: str, download: bool, cache_dir: Path):
-    base = _fashion_dir(root, download)
+    base = _fashion_dir(root, download, cache_dir)
     img_file, lbl_file = FASHION_FILES["train" if split == "train" else "test"]
     images = _read_idx(base / img_file)
     labels = _read_idx(base / lbl_file)
@@ -521,6 +650,12 @@ def _load_split(name, split, data_root, download, cache_dir, image_size) -> Imag
     cache = resolve_cache_dir(cache_dir)
     if name.startswith("imagefolder:"):
         return load_imagefolder(Path(name.split(":", 1)[1]).expanduser(), split, image_size)
+    native = {"cifar10": 32, "cifar100": 32, "fashion-mnist": 28}.get(name)
+    if image_size is not None and native is not None and image_size != native:
+        raise UserError(
+            f"{name} images are {native} px; --image-size {image_size} applies only to "
+            "imagefolder:PATH datasets (leave it out)"
+        )
     root = resolve_data_root(data_root)
     loaders = {
         "cifar10": load_cifar10,

@@ -71,7 +71,12 @@ def evaluate(
         )
     # the held-out split is the one this set's candidates were kept away from
     test = load_dataset(
-        distilled.info.name, split, data_root, cache_dir=cache_dir, validation=validation
+        distilled.info.name,
+        split,
+        data_root,
+        cache_dir=cache_dir,
+        validation=validation,
+        image_size=distilled.info.image_size,
     )
     if protocol.test_per_class is not None:
         test = subset(

@@ -234,7 +234,12 @@ def load_distilled(
 
         validation = ValidationSplit.from_dict(manifest.get("validation"))
         train = load_dataset(
-            info.name, "train", data_root, cache_dir=cache_dir, validation=validation
+            info.name,
+            "train",
+            data_root,
+            cache_dir=cache_dir,
+            validation=validation,
+            image_size=info.image_size,
         )
         if not hasattr(train, "images"):
             raise UserError(f"{info.name}: the full baseline needs an in-memory dataset")

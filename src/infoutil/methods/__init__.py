@@ -66,11 +66,16 @@ def distill(
     ctx = distributed.context()
     start = time.perf_counter()
     # teachers are checked against the dataset's shape before any image is decoded
-    expected = dataset_info(cfg.dataset, data_root)
+    expected = dataset_info(cfg.dataset, data_root, cfg.image_size)
     judge = load_teacher(teacher, expect=expected)
     labeller = judge if label_teacher is None else load_teacher(label_teacher, expect=expected)
     train = load_dataset(
-        cfg.dataset, "train", data_root, cache_dir=cache_dir, validation=cfg.validation
+        cfg.dataset,
+        "train",
+        data_root,
+        cache_dir=cache_dir,
+        validation=cfg.validation,
+        image_size=cfg.image_size,
     )
     check_teacher_fits(judge.info, train.info, str(judge.path))
     check_teacher_fits(labeller.info, train.info, str(labeller.path))

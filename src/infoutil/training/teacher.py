@@ -100,9 +100,16 @@ def train_teacher(
     """
     out_dir = Path(out_dir)
     train = load_dataset(
-        cfg.dataset, "train", data_root, cache_dir=cache_dir, validation=cfg.validation
+        cfg.dataset,
+        "train",
+        data_root,
+        cache_dir=cache_dir,
+        validation=cfg.validation,
+        image_size=cfg.image_size,
     )
-    test = load_dataset(cfg.dataset, "test", data_root, cache_dir=cache_dir)
+    test = load_dataset(
+        cfg.dataset, "test", data_root, cache_dir=cache_dir, image_size=cfg.image_size
+    )
     if cfg.train_per_class is not None:
         train = subset(
             train,
