@@ -628,6 +628,19 @@ def load_dataset(
     return train_part if split == "train" else held_out
 
 
+def load_split_of(config, split: str, data_root=None, cache_dir=None) -> ImageDataset:
+    """``split`` of the dataset a run's config names, at its image size and, for training,
+    without its validation split (``config``: a TeacherConfig or a DistillConfig)."""
+    return load_dataset(
+        config.dataset,
+        split,
+        data_root,
+        cache_dir=cache_dir,
+        validation=config.validation if split != "test" else None,
+        image_size=config.image_size,
+    )
+
+
 def dataset_info(
     name: str, data_root: str | os.PathLike | None = None, image_size: int | None = None
 ) -> DatasetInfo | None:

@@ -16,8 +16,8 @@ import torch
 
 from infoutil import distributed
 from infoutil.config import DistillConfig
-from infoutil.data import load_dataset, resolve_cache_dir
-from infoutil.data.sources import dataset_info
+from infoutil.data import resolve_cache_dir
+from infoutil.data.sources import dataset_info, load_split_of
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import Teacher, check_teacher_fits, load_teacher
 from infoutil.io.distilled import (
@@ -69,14 +69,7 @@ def distill(
     expected = dataset_info(cfg.dataset, data_root, cfg.image_size)
     judge = load_teacher(teacher, expect=expected)
     labeller = judge if label_teacher is None else load_teacher(label_teacher, expect=expected)
-    train = load_dataset(
-        cfg.dataset,
-        "train",
-        data_root,
-        cache_dir=cache_dir,
-        validation=cfg.validation,
-        image_size=cfg.image_size,
-    )
+    train = load_split_of(cfg, "train", data_root, cache_dir)
     check_teacher_fits(judge.info, train.info, str(judge.path))
     check_teacher_fits(labeller.info, train.info, str(labeller.path))
     compute = resolve_device(device)

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from infoutil import distributed as dist_util
 from infoutil.config import TeacherConfig, build_config
-from infoutil.data import load_dataset, per_class_sample, subset
+from infoutil.data import per_class_sample, subset
 from infoutil.data.augment import random_crop_flip, to_float
+from infoutil.data.sources import load_split_of
 from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_save_tensors, atomic_write_json, dumps_json
 from infoutil.io.checkpoint import completed_epochs, epoch_paths, save_teacher_epoch
@@ -99,17 +100,8 @@ def train_teacher(
     spans ``cfg.epochs``), so a run can be continued later with ``resume``.
     """
     out_dir = Path(out_dir)
-    train = load_dataset(
-        cfg.dataset,
-        "train",
-        data_root,
-        cache_dir=cache_dir,
-        validation=cfg.validation,
-        image_size=cfg.image_size,
-    )
-    test = load_dataset(
-        cfg.dataset, "test", data_root, cache_dir=cache_dir, image_size=cfg.image_size
-    )
+    train = load_split_of(cfg, "train", data_root, cache_dir)
+    test = load_split_of(cfg, "test", data_root, cache_dir)
     if cfg.train_per_class is not None:
         train = subset(
             train,
