@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from infoutil.config import PROTOCOLS, DistillConfig
 from infoutil.demo import packaged_teacher, packaged_teacher_provenance
-from infoutil.evaluation.run import evaluate
 from infoutil.io.checkpoint import load_teacher
-from infoutil.methods import distill
-from infoutil.report.html import build_report
 from tests.helpers import run_cli
 
 
@@ -62,30 +58,19 @@ class _Collector(HTMLParser):
         self._in_h = False
 
 
-def test_a_report_from_a_small_real_run(tmp_path, data_root):
-    teacher = packaged_teacher()
-    run = tmp_path / "run"
-    for method in ("infoutil", "rded"):
-        cfg = DistillConfig(
-            method=method,
-            dataset="fashion-mnist",
-            ipc=2,
-            candidates_per_class=6,
-            informativeness={"budget": 32},
-        )
-        distill(cfg, teacher, run / "distilled" / method, data_root=str(data_root), progress=False)
-        protocol = PROTOCOLS["rded"].model_copy(
-            update={"epochs": 3, "test_per_class": 30, "probe_images": 100}
-        )
-        evaluate(
-            run / "distilled" / method,
-            run / "eval" / method,
-            protocol=protocol,
-            seeds=[0],
-            data_root=str(data_root),
-            progress=False,
-        )
-    page = build_report(run)
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, data_root) -> Path:
+    """``infoutil demo`` from the command line, shortened: 10 candidates a class, 1 epoch."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    quick = ["--epochs", "1", "--candidates-per-class", "10", "--budget", "32", "--threads", "1"]
+    proc = run_cli("demo", "--out", str(out), *quick, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "report:" in proc.stdout and "infoutil  Fashion-MNIST IPC 10" in proc.stdout
+    return out
+
+
+def test_the_demos_report_is_complete(demo_run):
+    page = demo_run / "report" / "report.html"
     html = page.read_text()
     parsed = _Collector()
     parsed.feed(html)
@@ -103,7 +88,7 @@ def test_a_report_from_a_small_real_run(tmp_path, data_root):
         "Configuration",
     ):
         assert section in html, section
-    assert re.search(r"<td>infoutil</td><td>default</td><td>fashion-mnist</td><td>2</td>", html)
+    assert re.search(r"<td>infoutil</td><td>default</td><td>fashion-mnist</td><td>10</td>", html)
     assert "What the teacher thinks of the selected patches" in html
     assert len(parsed.images) >= 7
     for src in parsed.images:
@@ -123,3 +108,14 @@ def test_the_readme_library_example_runs():
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert tuple(namespace["maps"].shape) == (8, 4, 4)
+
+
+def test_compare_and_report_from_the_command_line(demo_run, tmp_path):
+    proc = run_cli("compare", str(demo_run / "eval"), "--out", str(tmp_path / "table"))
+    assert proc.returncode == 0, proc.stderr
+    rows = (tmp_path / "table" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and {r.split(",")[0] for r in rows[1:]} == {"infoutil", "rded"}
+    proc = run_cli("report", str(demo_run / "distilled" / "rded"), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "Distilled set: rded" in page and "What the teacher thinks" in page

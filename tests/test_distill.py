@@ -234,3 +234,37 @@ def test_a_budget_too_small_is_refused_when_the_config_is_built(fmnist_teacher, 
     )
     assert_one_line_error(proc, "budget 20", "at least 32")
     assert "masked forwards" not in proc.stderr
+
+
+def test_rded_keeps_each_candidates_lowest_loss_crop_and_the_lowest_candidates(
+    fmnist_teacher, data_root, tmp_path
+):
+    from infoutil.data import load_dataset
+    from infoutil.data.augment import to_float
+    from infoutil.io.checkpoint import load_teacher
+    from infoutil.selection.crops import crop_and_resize
+
+    out = tmp_path / "rded"
+    distill(_cfg("rded"), fmnist_teacher, out, data_root=str(data_root), progress=False)
+    scores = load_file(str(out / "scores.safetensors"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    losses, boxes, cand = scores["loss"], scores["boxes"], scores["candidates"]
+    # the oracle: recompute every crop's cross-entropy with the teacher
+    train = load_dataset("fashion-mnist", "train", str(data_root))
+    model = load_teacher(fmnist_teacher).model
+    images = to_float(train.get_batch(cand)).repeat_interleave(5, 0)
+    crops = crop_and_resize(images, boxes.flatten(0, 1), (28, 28), "resize")
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(
+            model(crops), train.targets[cand].repeat_interleave(5), reduction="none"
+        ).view(-1, 5)
+    assert torch.allclose(ce.double(), losses, atol=1e-4)
+    best = losses.min(1).values
+    for c in range(10):
+        mine = torch.nonzero(scores["candidate_labels"] == c).flatten()
+        lowest = mine[best[mine].argsort()[:2]]
+        kept = [p for e in manifest["images"] if e["class"] == c for p in e["patches"]]
+        assert sorted(p["source_index"] for p in kept) == sorted(cand[lowest].tolist())
+        for p in kept:
+            i = cand.tolist().index(p["source_index"])
+            assert p["box"] == boxes[i, losses[i].argmin()].tolist()

@@ -100,19 +100,6 @@ def test_seeds_are_distinct_and_reproducible(two_seeds, sets, data_root, tmp_pat
     assert again["curves"][0] == results["curves"][1]
 
 
-def test_static_protocol_uses_stored_labels(sets, data_root, tmp_path):
-    static = PROTOCOLS["static"].model_copy(update={"epochs": 6, "eval_points": 2})
-    results = evaluate(
-        sets["infoutil"],
-        tmp_path / "s",
-        protocol=static,
-        seeds=[0],
-        data_root=str(data_root),
-        progress=False,
-    )
-    assert results["protocol"] == "static" and results["mean"] > 0.1
-
-
 def test_compare_two_runs(two_seeds, sets, data_root, tmp_path):
     out_a, res_a = two_seeds
     out_b = tmp_path / "random"

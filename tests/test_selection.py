@@ -208,3 +208,24 @@ def test_gradcam_finds_the_bright_patch():
     img[0, 0, 8:16, 24:32] = 1.0  # grid cell (1, 3)
     maps = gradcam_maps(net, img, torch.tensor([0]), grid=4)
     assert maps.shape == (1, 4, 4) and int(maps.flatten().argmax()) == 1 * 4 + 3
+
+
+def test_herding_and_kcenter_against_plain_oracles():
+    from infoutil.methods.baselines import herding, kcenter
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    # herding: each step the point that brings the running mean nearest the mean
+    mu, chosen, total = feats.mean(0), [], torch.zeros(5, dtype=torch.float64)
+    for t in range(6):
+        best = min(
+            (i for i in range(30) if i not in chosen),
+            key=lambda i: float(((mu - (total + feats[i]) / (t + 1)) ** 2).sum()),
+        )
+        chosen.append(best)
+        total += feats[best]
+    assert herding(feats, 6) == chosen
+    # k-center on the line: start nearest the mean, then always the farthest point
+    line = torch.tensor([[0.0], [1.0], [2.0], [4.0], [10.0]], dtype=torch.float64)
+    # the mean is 3.4: 4.0 first, then 10.0 (6 away), then 0.0 (4 away from 4.0)
+    assert kcenter(line, 3) == [3, 4, 0]

@@ -426,6 +426,10 @@ def demo(
     out: Path = typer.Option(Path("infoutil-demo"), "--out"),
     epochs: int = typer.Option(150, "--epochs", help="Student epochs per method."),
     seeds: int = typer.Option(1, "--seeds"),
+    candidates_per_class: int = typer.Option(
+        50, "--candidates-per-class", help="The candidate pool (smaller: a quicker look)."
+    ),
+    budget: int = typer.Option(128, "--budget", help="Shapley evaluations per candidate."),
     quiet: bool = Quiet,
     data_root: str | None = DataRoot,
     cache_dir: str | None = CacheDir,
@@ -441,6 +445,8 @@ def demo(
         cache_dir=cache_dir,
         epochs=epochs,
         seeds=seeds,
+        candidates_per_class=candidates_per_class,
+        budget=budget,
         progress=not quiet,
     )
 

@@ -60,6 +60,7 @@ class StudentRun:
     seed: int
     accuracy: float  # the last epoch's
     curve: list[dict] = field(default_factory=list)
+    model: torch.nn.Module | None = None  # the trained student (None for a finished seed read back)
 
 
 def _autoaugment(images_uint8: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -197,6 +198,7 @@ def train_student(
         ctx.barrier()
     bar.close()
     run.accuracy = run.curve[-1]["test_accuracy"]
+    run.model = model
     return run
 
 
