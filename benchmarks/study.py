@@ -1,9 +1,10 @@
 """The study of InfoUtil's free choices (issue "InfoUtil that beats RDED"), on the validation
-split only.
+split, and the final grid on the test set with the same distilled sets.
 
 Each variant is a method and a set of named options; all share the teacher, the candidate pool,
 the cached attribution maps and the protocol. Every variant is distilled with the validation
-split held out and measured on it (``evaluate --split val``), never on the test set. Finished
+split held out and measured on it (``--split val``, the default); the choosing is done there.
+``--split test`` measures the same sets on the test set, for the final grid only. Finished
 runs are skipped, so the study can be stopped and continued; ``--workers`` runs that many jobs
 at once, one thread each.
 
@@ -100,7 +101,8 @@ def run_one(job: dict) -> dict:
 
     name, ipc, work = job["variant"], job["ipc"], Path(job["work"])
     method, options = VARIANTS[name]
-    tag = f"{name}-ipc{ipc}"
+    labels = f"-labels-{job['label_name']}" if job["label_teacher"] else ""
+    tag = f"{name}-ipc{ipc}{labels}"
     distilled = work / "distilled" / tag
     if not (distilled / COMPLETE).is_file():
         cfg = DistillConfig(
@@ -123,7 +125,9 @@ def run_one(job: dict) -> dict:
             progress=False,
         )
     protocol = PROTOCOLS["rded"].model_copy(update={"epochs": job["epochs"]})
-    out = work / "eval" / tag
+    split = job["split"]
+    run = f"{tag}-{split}" + (f"-e{job['epochs']}" if job["epochs"] != 100 else "")
+    out = work / "eval" / run
     if not (out / COMPLETE).is_file():
         evaluate(
             distilled,
@@ -134,9 +138,9 @@ def run_one(job: dict) -> dict:
             resume=True,
             overwrite=out.exists(),
             progress=False,
-            split="val",
+            split=split,
         )
-    dest = Path(job["results"]) / tag
+    dest = Path(job["results"]) / run
     dest.mkdir(parents=True, exist_ok=True)
     record = json.loads((out / "results.json").read_text())
     record["method"] = name if method != "infoutil" else f"infoutil:{name}"
@@ -148,7 +152,7 @@ def run_one(job: dict) -> dict:
     shutil.copy(out / "curve.png", dest / "curve.png")
     sel = diag["selected"]["overall"]
     print(
-        f"{tag}: {100 * record['mean']:.2f} +- {100 * record['std']:.2f} (val) | teacher top-1 "
+        f"{run}: {100 * record['mean']:.2f} +- {100 * record['std']:.2f} | teacher top-1 "
         f"on selected {100 * sel['teacher_top1']:.1f}%, prob {sel['mean_true_class_prob']:.2f}",
         flush=True,
     )
@@ -209,6 +213,13 @@ def main() -> None:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--label-teacher", default=None)
+    ap.add_argument("--label-name", default="early", help="the label teacher's name in run tags")
+    ap.add_argument(
+        "--split",
+        default="val",
+        choices=["val", "test"],
+        help="val to choose; test only for the final grid, once the recipe is fixed",
+    )
     ap.add_argument("--ipc", type=int, nargs="+", default=[10])
     ap.add_argument("--variants", nargs="+", default=None, help="default: the baselines, paper")
     ap.add_argument("--val-per-class", type=int, default=500)
@@ -236,6 +247,8 @@ def main() -> None:
             "dataset",
             "teacher",
             "label_teacher",
+            "label_name",
+            "split",
             "val_per_class",
             "val_seed",
             "candidates_per_class",
