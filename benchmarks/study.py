@@ -56,6 +56,10 @@ def window(kernel: int | None = None, factor: int | None = None, **rest) -> dict
 
 def _variants() -> dict[str, tuple[str, dict]]:
     v = dict(BASELINES)
+    # other draws of the pool (and of random's images): how much the draw alone moves a row
+    for seed in (1, 2):
+        v[f"random-seed{seed}"] = ("random", {"seed": seed})
+        v[f"rded-seed{seed}"] = ("rded", {"seed": seed})
     v["paper"] = infoutil()
     # one factor at a time from the paper's text
     v["k3"] = infoutil(**window(3))
