@@ -221,6 +221,11 @@ def test_a_budget_too_small_is_refused_when_the_config_is_built(fmnist_teacher, 
         build_config(
             DistillConfig, {"dataset": "fashion-mnist", "ipc": 1, "informativeness": {"budget": 10}}
         )
+    with pytest.raises(UserError, match="pool_kernel 5 is larger than the grid 4"):
+        build_config(
+            DistillConfig,
+            {"dataset": "fashion-mnist", "ipc": 1, "informativeness": {"pool_kernel": 5}},
+        )
     proc = run_cli(
         *fmnist_distill(fmnist_teacher),
         "--ipc",

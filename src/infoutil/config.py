@@ -86,10 +86,12 @@ class InformativenessConfig(Strict):
         return 2 ** (self.grid**2) if self.estimator == "exact" else self.budget
 
     @model_validator(mode="after")
-    def _budget_fits_the_estimator(self):
-        # refused here, before any stage runs, with the estimator's own reason
+    def _fits_before_any_stage_runs(self):
+        # refused here, before any stage runs, each with its own reason
         from infoutil.attribution.shapley import check_budget
 
+        if self.pool_kernel > self.grid:
+            raise UserError(f"pool_kernel {self.pool_kernel} is larger than the grid {self.grid}")
         check_budget(self.grid**2, self.estimator, self.evaluations)
         return self
 

@@ -82,12 +82,12 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tenso
                 model,
                 mc.images(idx),
                 labels[idx],
-                inf.grid,
-                inf.baseline,
-                inf.target,
-                inf.estimator,
-                inf.evaluations,
-                seeds,
+                grid=inf.grid,
+                baseline=inf.baseline,
+                target=inf.target,
+                estimator=inf.estimator,
+                budget=inf.evaluations,
+                seed=seeds,
                 batch_size=cfg.forward_batch_size,
                 precision=inf.precision,
             )
@@ -109,8 +109,6 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tenso
 def select(mc: MethodContext) -> Selection:
     cfg, inf, util = mc.cfg, mc.cfg.informativeness, mc.cfg.utility
     train, judge, info = mc.train, mc.teacher, mc.train.info
-    if inf.pool_kernel > inf.grid:
-        raise UserError(f"pool_kernel {inf.pool_kernel} is larger than the grid {inf.grid}")
     candidates = candidate_pool(train, cfg.candidates_per_class, cfg.seed)
     labels, k = train.targets, inf.num_crops
     need = mc.patches_per_image * cfg.ipc
