@@ -28,7 +28,8 @@ def test_teacher_eval_measures_the_recorded_accuracy(data_root):
     """``teacher eval`` on the shipped weights gives the accuracy their provenance records.
 
     That the recorded command retrains them is a benchmark (BENCHMARKS.md, *Teachers*: the
-    first two epochs replayed to the same loss); a full epoch is too long for the suite.
+    first two epochs replayed on this machine, close to but not bit-identical with the record
+    made on another); a full epoch is too long for the suite.
     """
     prov = packaged_teacher_provenance()
     proc = run_cli("teacher", "eval", str(packaged_teacher()), "--threads", "1")
