@@ -112,3 +112,15 @@ def test_the_gradient_norm_at_an_earlier_checkpoint(run, fmnist_teacher):
     assert torch.equal(early["boxes"], base["boxes"])  # the crops come from the same maps
     assert not torch.allclose(early["grad_norm"].nan_to_num(), base["grad_norm"].nan_to_num())
     assert manifest["teacher"]["epoch"] == 2  # the judge is still the scoring checkpoint
+
+
+def test_a_shortlist_maps_only_the_candidates_the_rule_prefers_whole(run):
+    manifest, short = run(
+        "shortlist", informativeness={"budget": 32, "shortlist": 1.5}, utility={"select": "lowest"}
+    )
+    _, full = run("lowest", utility={"select": "lowest"})
+    # 3 of 6 candidates a class (1.5 x IPC 2): the maps are the full pool's for those
+    assert short["shapley"].shape[0] == 30 and full["shapley"].shape[0] == 60
+    rows = [full["candidates"].tolist().index(i) for i in short["candidates"].tolist()]
+    assert torch.equal(short["shapley"], full["shapley"][rows])
+    assert manifest["config"]["informativeness"]["shortlist"] == 1.5

@@ -79,6 +79,9 @@ class InformativenessConfig(Strict):
     noise_std: Literal["per_image", "global"] = "per_image"  # ours: std of each image's map
     dedupe: bool = True  # ours: identical (image, box) crops are scored once
     precision: Literal["fp32", "bf16"] = "fp32"
+    # maps only for a shortlist: per class, the shortlist x (k x IPC) candidates the utility
+    # rule prefers as whole images (one forward and one gradient each); None: every candidate
+    shortlist: float | None = Field(None, gt=0)
 
     @property
     def evaluations(self) -> int:

@@ -10,6 +10,9 @@ Assembly and soft labels are common to all methods (``methods.common``).
 
 from __future__ import annotations
 
+import hashlib
+import math
+
 import torch
 
 from infoutil.attribution.gradcam import gradcam_maps
@@ -24,6 +27,7 @@ from infoutil.methods.common import (
     check_finite,
     check_supply,
     chunked_scores,
+    full_box,
 )
 from infoutil.runtime import derive_seed, generator
 from infoutil.selection.crops import crop_and_resize, informative_crops, noise_sigma, pool_map
@@ -96,7 +100,7 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tenso
     name = inf.attribution
     maps = chunked_scores(
         mc,
-        mc.store(name, seed=cfg.seed, **map_key(inf)),
+        mc.store(name, seed=cfg.seed, **map_key(inf), **_pool_key(candidates, inf)),
         candidates,
         lambda sl: compute(candidates[sl]),
         desc=name,
@@ -126,10 +130,6 @@ def select(mc: MethodContext) -> Selection:
     if util.teacher_epoch is not None:
         utility_model = load_teacher(f"{judge.path.parent}@{util.teacher_epoch}", expect=info)
         utility_model.model.to(mc.device)
-
-    maps = attribution_maps(mc, candidates)
-    pooled = pool_map(maps, inf.pool_kernel)
-    sigma = noise_sigma(pooled, inf.alpha, inf.noise_std)
     fill = judge.model.mean.reshape(-1)
     size = (info.image_size, info.image_size)
 
@@ -137,6 +137,83 @@ def select(mc: MethodContext) -> Selection:
         """The crops as the teacher scores them: ``boxes`` ``[B, K, 4]`` of images ``idx``."""
         images = mc.images(idx).repeat_interleave(boxes.shape[1], 0)
         return crop_and_resize(images, boxes.flatten(0, 1), size, util.crop_input, fill)
+
+    def scored(idx: torch.Tensor, boxes: torch.Tensor, keep: torch.Tensor) -> dict:
+        """Gradient norm (utility model) and the judge's view of the ``keep`` crops."""
+        crops = crops_of(idx, boxes)[keep.flatten().to(mc.device)]
+        y = labels[idx].repeat_interleave(boxes.shape[1])[keep.flatten()]
+        norm, logits = grad_norms_and_logits(
+            utility_model.model,
+            crops,
+            y.to(crops.device),
+            mode=util.grad_norm,
+            batch_size=util.batch_size,
+        )
+        if utility_model is not judge:  # what the judge thinks, for the diagnostics
+            with torch.inference_mode():
+                logits = judge.model(crops).float().cpu()
+        out = {}
+        for name, value, empty in (
+            ("grad_norm", norm, float("nan")),
+            ("prob", torch.softmax(logits.double(), 1).gather(1, y[:, None])[:, 0], float("nan")),
+            ("pred", logits.argmax(1), -1),
+        ):
+            full = torch.full((keep.numel(),), empty, dtype=value.dtype)
+            full[keep.flatten()] = value
+            out[name] = full.view(keep.shape)
+        return out
+
+    def keep_by_rule(c: int, rows: torch.Tensor, pool: ScoredPatches, norms, count: int):
+        crops = ClassCrops(
+            score=norms[rows],
+            correct=pool.pred[rows] == c,
+            source=pool.source[rows],
+            generator=generator("utility-rule", cfg.seed, c),
+            gram=lambda: _gradient_gram(utility_model.model, crops_of, pool, rows),
+        )
+        rule = UTILITY_RULES[util.select]
+        extra = dict(quantile=util.quantile, strata=util.strata, hardest_cut=util.hardest_cut)
+        return rows[rule(crops, count, one_per_source, **extra)]
+
+    base_key = dict(
+        seed=cfg.seed,
+        grad_norm=util.grad_norm,
+        crop_input=util.crop_input,
+        utility_teacher=utility_model.weights_sha256,
+    )
+    if inf.shortlist is not None:
+        # a cheap first pass: the same rule on whole images keeps the candidates worth a map
+        whole = torch.tensor([list(full_box(info))])
+        first = chunked_scores(
+            mc,
+            mc.store("shortlist", **base_key),
+            candidates,
+            lambda sl: scored(
+                candidates[sl],
+                whole.expand(len(candidates[sl]), 1, 4),
+                torch.ones((len(candidates[sl]), 1), dtype=torch.bool),
+            ),
+            desc="shortlist",
+            forwards_per_item=1,
+            fields=("grad_norm", "prob", "pred"),
+        )
+        images = _scored_pool(candidates, labels, whole.expand(len(candidates), 1, 4), first)
+        count = math.ceil(inf.shortlist * need)
+        kept = [
+            keep_by_rule(
+                c,
+                torch.nonzero(images.label == c).flatten(),
+                images,
+                first["grad_norm"].flatten(),
+                count,
+            )
+            for c in range(info.num_classes)
+        ]
+        candidates = candidates[torch.cat(kept).sort().values]
+
+    maps = attribution_maps(mc, candidates)
+    pooled = pool_map(maps, inf.pool_kernel)
+    sigma = noise_sigma(pooled, inf.alpha, inf.noise_std)
 
     def utility_chunk(sl: slice) -> dict[str, torch.Tensor]:
         idx = candidates[sl]
@@ -151,42 +228,19 @@ def select(mc: MethodContext) -> Selection:
             width=size[1],
         )
         keep = unique_crops(boxes) if inf.dedupe else torch.ones(boxes.shape[:2], dtype=bool)
-        crops = crops_of(idx, boxes)[keep.flatten().to(mc.device)]
-        y = labels[idx].repeat_interleave(k)[keep.flatten()]
-        norm, logits = grad_norms_and_logits(
-            utility_model.model,
-            crops,
-            y.to(crops.device),
-            mode=util.grad_norm,
-            batch_size=util.batch_size,
-        )
-        if utility_model is not judge:  # what the judge thinks, for the diagnostics
-            with torch.inference_mode():
-                logits = judge.model(crops).float().cpu()
-        out = {"boxes": boxes}
-        for name, value, empty in (
-            ("grad_norm", norm, float("nan")),
-            ("prob", torch.softmax(logits.double(), 1).gather(1, y[:, None])[:, 0], float("nan")),
-            ("pred", logits.argmax(1), -1),
-        ):
-            full = torch.full((keep.numel(),), empty, dtype=value.dtype)
-            full[keep.flatten()] = value
-            out[name] = full.view(len(idx), k)
-        return out
+        return {"boxes": boxes, **scored(idx, boxes, keep)}
 
     utility_key = dict(
         map_key(inf),
-        seed=cfg.seed,
+        **base_key,
         pool_kernel=inf.pool_kernel,
         num_crops=k,
         alpha=inf.alpha,
         noise_std=inf.noise_std,
         dedupe=inf.dedupe,
-        grad_norm=util.grad_norm,
-        crop_input=util.crop_input,
-        utility_teacher=utility_model.weights_sha256,
+        **_pool_key(candidates, inf),
     )
-    scored = chunked_scores(
+    crops = chunked_scores(
         mc,
         mc.store("utility", **utility_key),
         candidates,
@@ -195,7 +249,7 @@ def select(mc: MethodContext) -> Selection:
         forwards_per_item=k,
         fields=("boxes", "grad_norm", "prob", "pred"),
     )
-    boxes, norms = scored["boxes"], scored["grad_norm"]
+    boxes, norms = crops["boxes"], crops["grad_norm"]
     valid = ~torch.isnan(norms)
     check_finite(norms[valid], "gradient norms", mc.teacher)
     check_supply(
@@ -205,36 +259,12 @@ def select(mc: MethodContext) -> Selection:
         "distinct crops",
         "lower --ipc or raise --candidates-per-class",
     )
-
-    # every distinct crop as the judge scored it; a crop whose box is the noise-free crop's
-    # is noise-free, even where it was drawn with noise and the noise-free draw was its copy
-    flat = torch.nonzero(valid.flatten()).flatten()
-    pool = ScoredPatches(
-        candidates.repeat_interleave(k)[flat],
-        labels[candidates].repeat_interleave(k)[flat],
-        boxes.flatten(0, 1)[flat],
-        scored["prob"].flatten()[flat].double(),
-        scored["pred"].flatten()[flat].long(),
-        (boxes == boxes[:, -1:]).all(-1).flatten()[flat],
-    )
-    rule = UTILITY_RULES[util.select]
+    flat = torch.nonzero(valid.flatten()).flatten()  # the distinct crops, one pool row each
+    pool = _scored_pool(candidates, labels, boxes, crops).take(flat)
     ranked = []
     for c in range(info.num_classes):
-        mine = torch.nonzero(pool.label == c).flatten()
-        crops = ClassCrops(
-            score=norms.flatten()[flat[mine]],
-            correct=pool.pred[mine] == c,
-            source=pool.source[mine],
-            generator=generator("utility-rule", cfg.seed, c),
-            gram=lambda mine=mine: _gradient_gram(utility_model.model, crops_of, pool, mine),
-        )
-        picked = rule(
-            crops,
-            need,
-            one_per_source,
-            quantile=util.quantile,
-            strata=util.strata,
-            hardest_cut=util.hardest_cut,
+        picked = keep_by_rule(
+            c, torch.nonzero(pool.label == c).flatten(), pool, norms.flatten()[flat], need
         )
         if len(picked) < need:
             raise UserError(
@@ -242,7 +272,7 @@ def select(mc: MethodContext) -> Selection:
                 f"{len(picked)} crops of distinct images but {need} are needed; lower --ipc "
                 "or raise --candidates-per-class"
             )
-        ranked.append(mine[picked])
+        ranked.append(picked)
     patches = [
         [
             Patch(
@@ -276,8 +306,8 @@ def select(mc: MethodContext) -> Selection:
         "pooled": pooled.float(),
         "boxes": boxes,
         "grad_norm": norms,
-        "teacher_prob": scored["prob"],
-        "teacher_pred": scored["pred"],
+        "teacher_prob": crops["prob"],
+        "teacher_pred": crops["pred"],
         "selected": selected.view_as(norms),
         "sample": sample,
         "sample_images": train.get_batch(candidates[sample]),
@@ -290,6 +320,27 @@ def select(mc: MethodContext) -> Selection:
         selected_scored=pool.take(torch.cat(ranked)),
         pool_scored=pool,
     )
+
+
+def _scored_pool(candidates, labels, boxes, scored) -> ScoredPatches:
+    """Every crop ``[N, K]`` of the candidates as the judge scored it. A crop whose box is the
+    noise-free (last) crop's is noise-free, even where it was drawn with noise."""
+    k = boxes.shape[1]
+    return ScoredPatches(
+        candidates.repeat_interleave(k),
+        labels[candidates].repeat_interleave(k),
+        boxes.flatten(0, 1),
+        scored["prob"].flatten().double(),
+        scored["pred"].flatten().long(),
+        (boxes == boxes[:, -1:]).all(-1).flatten(),
+    )
+
+
+def _pool_key(candidates: torch.Tensor, inf) -> dict:
+    """A shortlisted pool is its own store (its chunks hold other candidates)."""
+    if inf.shortlist is None:
+        return {}
+    return {"pool": hashlib.sha256(candidates.numpy().astype("<i8").tobytes()).hexdigest()[:16]}
 
 
 @torch.inference_mode()
