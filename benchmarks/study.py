@@ -69,7 +69,7 @@ def _variants() -> dict[str, tuple[str, dict]]:
     v["alpha1"] = infoutil(informativeness={"alpha": 1.0})
     v["noise-global"] = infoutil(informativeness={"noise_std": "global"})
     v["one-per-source"] = infoutil(utility={"per_source": "best"})
-    for rule in ("lowest", "highest_correct", "quantile", "strata", "badge"):
+    for rule in ("lowest", "highest_correct", "quantile", "strata", "badge", "cluster"):
         v[rule.replace("_", "-")] = infoutil(utility={"select": rule})
     v["early-utility"] = infoutil(utility={"teacher_epoch": 2})
     v["gradcam"] = infoutil(informativeness={"attribution": "gradcam"})
@@ -81,7 +81,15 @@ def _variants() -> dict[str, tuple[str, dict]]:
         ("k4", window(4)),
         ("f2k2", window(2, factor=2)),
     ):
-        for rule in ("highest", "lowest", "highest_correct", "quantile", "strata", "badge"):
+        for rule in (
+            "highest",
+            "lowest",
+            "highest_correct",
+            "quantile",
+            "strata",
+            "badge",
+            "cluster",
+        ):
             for per_source in ("all", "best"):
                 name = f"{kname}-{rule.replace('_', '-')}-{per_source}"
                 options = json.loads(json.dumps(kw))

@@ -65,7 +65,9 @@ def test_precision_dedupe_crop_input_and_grad_norm(run):
     assert (last["grad_norm"][both] < base["grad_norm"][both]).all()  # a part of the whole
 
 
-@pytest.mark.parametrize("rule", ["lowest", "highest_correct", "quantile", "strata", "badge"])
+@pytest.mark.parametrize(
+    "rule", ["lowest", "highest_correct", "quantile", "strata", "badge", "cluster"]
+)
 def test_each_utility_rule(rule, run):
     manifest, scores = run(rule, utility={"select": rule})
     _, base = run("base")

@@ -21,6 +21,7 @@ from infoutil.selection.utility import (
     grad_norms,
     grad_norms_loop,
     rule_badge,
+    rule_cluster,
     rule_highest,
     rule_highest_correct,
     rule_lowest,
@@ -128,7 +129,7 @@ def test_vectorised_grad_norms_equal_the_autograd_loop(arch):
 # ---------------------------------------------------------------- utility rules
 
 
-def _crops(score, correct=None, source=None, gram=None, seed=0):
+def _crops(score, correct=None, source=None, gram=None, seed=0, embed=None):
     score = torch.tensor(score, dtype=torch.float64)
     n = len(score)
     return ClassCrops(
@@ -136,7 +137,7 @@ def _crops(score, correct=None, source=None, gram=None, seed=0):
         correct=torch.ones(n, dtype=torch.bool) if correct is None else torch.tensor(correct),
         source=torch.arange(n) if source is None else torch.tensor(source),
         generator=torch.Generator().manual_seed(seed),
-        gram=gram,
+        embed=embed,
     )
 
 
@@ -183,11 +184,16 @@ def test_badge_starts_at_the_largest_embedding_and_spreads_out():
         [[1.0, 0.0], [1.01, 0.0], [0.99, 0.01], [0.0, 1.0], [0.0, 1.02], [5.0, 5.0]],
         dtype=torch.float64,
     )
-    crops = _crops([0.0] * 6, gram=lambda: emb @ emb.T)
+    # with a zero logit error of one, the Gram matrix is h h^T + 1: a constant shift of it
+    crops = _crops([0.0] * 6, embed=lambda: (torch.ones(6, 1, dtype=torch.float64), emb))
     picked = rule_badge(crops, 3, False).tolist()
     assert picked[0] == 5
     assert {0, 1, 2} & set(picked) and {3, 4} & set(picked)  # one from each cluster
-    same_source = _crops([0.0] * 6, source=[0, 0, 0, 1, 1, 2], gram=lambda: emb @ emb.T)
+    same_source = _crops(
+        [0.0] * 6,
+        source=[0, 0, 0, 1, 1, 2],
+        embed=lambda: (torch.ones(6, 1, dtype=torch.float64), emb),
+    )
     assert sorted(rule_badge(same_source, 3, True).tolist())[-1] == 5
     assert len({[0, 0, 0, 1, 1, 2][i] for i in rule_badge(same_source, 3, True)}) == 3
 
@@ -229,3 +235,22 @@ def test_herding_and_kcenter_against_plain_oracles():
     line = torch.tensor([[0.0], [1.0], [2.0], [4.0], [10.0]], dtype=torch.float64)
     # the mean is 3.4: 4.0 first, then 10.0 (6 away), then 0.0 (4 away from 4.0)
     assert kcenter(line, 3) == [3, 4, 0]
+
+
+def test_cluster_takes_the_easiest_crop_of_each_feature_group():
+    # three tight groups in feature space, of sizes 3, 2, 2; each has another easiest crop
+    h = torch.tensor(
+        [[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [10.0, 0.0], [10.1, 0.0], [0.0, 10.0], [0.1, 10.0]],
+        dtype=torch.float64,
+    )
+    score = [5.0, 1.0, 8.0, 2.0, 6.0, 7.0, 3.0]
+
+    def embed():
+        return torch.zeros(7, 2), h
+
+    assert sorted(rule_cluster(_crops(score, embed=embed), 3, False).tolist()) == [1, 3, 6]
+    # one crop per source: the last group's easiest crop shares its image with the first's,
+    # which (the largest group) went first
+    shared = _crops(score, source=[0, 1, 2, 3, 4, 5, 1], embed=embed)
+    assert sorted(rule_cluster(shared, 3, True).tolist()) == [1, 3, 5]
+    assert len(rule_cluster(_crops(score, embed=embed), 5, False)) == 5  # then the easiest left

@@ -106,10 +106,11 @@ class UtilityConfig(Strict):
     crop_input: Literal["resize", "pad"] = "resize"  # ours; RDED zero-pads ("pad")
     # the rule that keeps k x IPC crops per class (selection.utility.UTILITY_RULES):
     # highest norm (paper), lowest, highest among teacher-correct crops, nearest a quantile,
-    # CCS strata, or BADGE's k-means++ on last-layer gradient embeddings
-    select: Literal["highest", "lowest", "highest_correct", "quantile", "strata", "badge"] = (
-        "highest"
-    )
+    # CCS strata, BADGE's k-means++ on last-layer gradient embeddings, or the easiest crop of
+    # each k-means group of the teacher's features (coverage first)
+    select: Literal[
+        "highest", "lowest", "highest_correct", "quantile", "strata", "badge", "cluster"
+    ] = "highest"
     quantile: float = Field(0.5, ge=0, le=1)  # select=quantile: where the band sits
     strata: int = Field(10, ge=1)  # select=strata: how many score strata
     hardest_cut: float = Field(0.1, ge=0, lt=1)  # select=strata: hardest share dropped first

@@ -169,7 +169,7 @@ def select(mc: MethodContext) -> Selection:
             correct=pool.pred[rows] == c,
             source=pool.source[rows],
             generator=generator("utility-rule", cfg.seed, c),
-            gram=lambda: _gradient_gram(utility_model.model, crops_of, pool, rows),
+            embed=lambda: _last_layer(utility_model.model, crops_of, pool, rows),
         )
         rule = UTILITY_RULES[util.select]
         extra = dict(quantile=util.quantile, strata=util.strata, hardest_cut=util.hardest_cut)
@@ -344,9 +344,8 @@ def _pool_key(candidates: torch.Tensor, inf) -> dict:
 
 
 @torch.inference_mode()
-def _gradient_gram(model, crops_of, pool: ScoredPatches, rows: torch.Tensor) -> torch.Tensor:
-    """Gram matrix of the last-layer gradient embeddings ``(p - e_y) x [h, 1]`` of ``rows``:
-    <g_i, g_j> = <e_i, e_j> (<h_i, h_j> + 1), without forming the embeddings."""
+def _last_layer(model, crops_of, pool: ScoredPatches, rows: torch.Tensor):
+    """(p - e_y, h) of the crops ``rows``: the pieces of their last-layer gradients."""
     errs, feats = [], []
     for part in torch.split(rows, 256):
         x = crops_of(pool.source[part], pool.box[part][:, None])
@@ -354,5 +353,4 @@ def _gradient_gram(model, crops_of, pool: ScoredPatches, rows: torch.Tensor) -> 
         p = torch.softmax(model.fc(h.float()).double(), 1)
         errs.append(p - torch.nn.functional.one_hot(pool.label[part].to(p.device), p.shape[1]))
         feats.append(h)
-    e, h = torch.cat(errs).cpu(), torch.cat(feats).cpu()
-    return (e @ e.T) * (h @ h.T + 1.0)
+    return torch.cat(errs).cpu(), torch.cat(feats).cpu()

@@ -152,8 +152,15 @@ class ClassCrops:
     correct: torch.Tensor  # bool: the teacher predicts the true class
     source: torch.Tensor  # the source image of each crop
     generator: torch.Generator
-    # last-layer gradient embeddings' Gram matrix, built only by the rules that need it
-    gram: Callable[[], torch.Tensor] | None = None
+    # the crops' last layer, computed only by the rules that need it: (p - e_y) [P, C] and the
+    # penultimate features h [P, D]; the last-layer gradient embedding is their outer product
+    embed: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def gram(self) -> torch.Tensor:
+        """<g_i, g_j> of the last-layer gradient embeddings g = (p - e_y) x [h, 1], without
+        forming them: <e_i, e_j> (<h_i, h_j> + 1)."""
+        err, h = self.embed()
+        return (err @ err.T) * (h @ h.T + 1.0)
 
 
 def _greedy(order: torch.Tensor, crops: ClassCrops, need: int, one_per_source: bool):
@@ -270,6 +277,56 @@ def rule_badge(crops: ClassCrops, need: int, one_per_source: bool, **_) -> torch
     return torch.tensor(picked, dtype=torch.int64)
 
 
+def kmeans(x: torch.Tensor, k: int, g: torch.Generator, iterations: int = 25) -> torch.Tensor:
+    """Lloyd's k-means from a k-means++ start; returns each row's cluster ``[P]``."""
+    centers = x[int(torch.randint(len(x), (), generator=g))][None]
+    for _ in range(1, k):
+        d = torch.cdist(x, centers).min(1).values ** 2
+        i = int(torch.multinomial(d, 1, generator=g)) if float(d.sum()) > 0 else 0
+        centers = torch.cat([centers, x[i][None]])
+    assign = torch.zeros(len(x), dtype=torch.int64)
+    for _ in range(iterations):
+        assign = torch.cdist(x, centers).argmin(1)
+        moved = torch.stack(
+            [x[assign == j].mean(0) if (assign == j).any() else centers[j] for j in range(k)]
+        )
+        if torch.equal(moved, centers):
+            break
+        centers = moved
+    return assign
+
+
+def rule_cluster(crops: ClassCrops, need: int, one_per_source: bool, **_) -> torch.Tensor:
+    """Coverage first, then utility: k-means on the teacher's penultimate features splits the
+    class into ``need`` groups, and each group gives its lowest-norm (easiest) crop, largest
+    group first; groups that run out leave their turn to the easiest crops left."""
+    _, h = crops.embed()
+    k = min(need, len(h))
+    assign = kmeans(h.double(), k, crops.generator).tolist()
+    by_score = _stable_order(crops.score, False).tolist()
+    sizes = torch.bincount(torch.tensor(assign), minlength=k).tolist()
+    picked: list[int] = []
+    used: set[int] = set()
+
+    def free(i: int) -> bool:
+        return i not in picked and not (one_per_source and int(crops.source[i]) in used)
+
+    def take(i: int) -> None:
+        picked.append(i)
+        used.add(int(crops.source[i]))
+
+    for group in sorted(range(k), key=lambda j: (-sizes[j], j)):
+        best = next((i for i in by_score if assign[i] == group and free(i)), None)
+        if best is not None:
+            take(best)
+    for i in by_score:
+        if len(picked) >= need:
+            break
+        if free(i):
+            take(i)
+    return torch.tensor(picked[:need], dtype=torch.int64)
+
+
 UTILITY_RULES: dict[str, Callable[..., torch.Tensor]] = {
     "highest": rule_highest,
     "lowest": rule_lowest,
@@ -277,4 +334,5 @@ UTILITY_RULES: dict[str, Callable[..., torch.Tensor]] = {
     "quantile": rule_quantile,
     "strata": rule_strata,
     "badge": rule_badge,
+    "cluster": rule_cluster,
 }
