@@ -75,11 +75,17 @@ def _variants() -> dict[str, tuple[str, dict]]:
     v["gradcam"] = infoutil(informativeness={"attribution": "gradcam"})
     v["random-crop"] = infoutil(informativeness={"attribution": "random"})
     # the factorial over the factors that interact: window x rule x crops per source
+    # factor 2 at low resolution: four cells of 16 (14) px per image; f2k2 puts native
+    # quarter crops in them, f2k3 and f2k4 larger windows scaled down (IDC's multi-formation)
+    v["rded-f2"] = ("rded", {"factor": 2})
+    v["random-f2"] = ("random", {"factor": 2})
     for kname, kw in (
         ("k2", window(2)),
         ("k3", window(3)),
         ("k4", window(4)),
         ("f2k2", window(2, factor=2)),
+        ("f2k3", window(3, factor=2)),
+        ("f2k4", window(4, factor=2)),
     ):
         for rule in (
             "highest",
