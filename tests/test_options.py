@@ -126,3 +126,11 @@ def test_a_shortlist_maps_only_the_candidates_the_rule_prefers_whole(run):
     rows = [full["candidates"].tolist().index(i) for i in short["candidates"].tolist()]
     assert torch.equal(short["shapley"], full["shapley"][rows])
     assert manifest["config"]["informativeness"]["shortlist"] == 1.5
+
+
+def test_a_whole_image_window_computes_no_map(run):
+    manifest, scores = run("k4", informativeness={"budget": 32, "pool_kernel": 4})
+    assert "shapley" not in scores and "pooled" not in scores
+    assert (scores["boxes"] == torch.tensor([0, 0, 28, 28])).all()
+    patch = manifest["images"][0]["patches"][0]
+    assert "shapley_map" not in patch and patch["noise_free"]

@@ -211,7 +211,13 @@ def select(mc: MethodContext) -> Selection:
         ]
         candidates = candidates[torch.cat(kept).sort().values]
 
-    maps = attribution_maps(mc, candidates)
+    # a window as large as the grid is the whole image wherever the map points: no map can
+    # move it, so none is computed (and none is recorded)
+    whole_image = inf.pool_kernel == inf.grid
+    if whole_image:
+        maps = torch.zeros((len(candidates), inf.grid, inf.grid))
+    else:
+        maps = attribution_maps(mc, candidates)
     pooled = pool_map(maps, inf.pool_kernel)
     sigma = noise_sigma(pooled, inf.alpha, inf.noise_std)
 
@@ -282,7 +288,11 @@ def select(mc: MethodContext) -> Selection:
                     "crop": int(flat[i]) % k,
                     "noise_free": bool(pool.noise_free[i]),
                     "grad_norm": float(norms.flatten()[flat[i]]),
-                    f"{inf.attribution}_map": maps[int(flat[i]) // k].tolist(),
+                    **(
+                        {}
+                        if whole_image
+                        else {f"{inf.attribution}_map": maps[int(flat[i]) // k].tolist()}
+                    ),
                 },
             )
             for i in picked.tolist()
@@ -302,8 +312,7 @@ def select(mc: MethodContext) -> Selection:
     scores = {
         "candidates": candidates,
         "candidate_labels": labels[candidates],
-        inf.attribution: maps,
-        "pooled": pooled.float(),
+        **({} if whole_image else {inf.attribution: maps, "pooled": pooled.float()}),
         "boxes": boxes,
         "grad_norm": norms,
         "teacher_prob": crops["prob"],
