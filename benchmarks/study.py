@@ -101,6 +101,21 @@ def _variants() -> dict[str, tuple[str, dict]]:
                 options = json.loads(json.dumps(kw))
                 options["utility"] = {"select": rule, "per_source": per_source}
                 v[name] = infoutil(**options)
+    # around the leaders: other pool draws, the attribution controls where a crop can move,
+    # and the utility at an earlier checkpoint
+    for name in ("k4-cluster-best", "k4-lowest-best"):
+        for seed in (1, 2):
+            method, options = v[name]
+            v[f"{name}-seed{seed}"] = (method, {**options, "seed": seed})
+    for attribution in ("gradcam", "random"):
+        method, options = v["k3-cluster-best"]
+        inf = {**options["informativeness"], "attribution": attribution}
+        v[f"k3-cluster-best-{attribution}"] = (method, {**options, "informativeness": inf})
+    method, options = v["k4-cluster-best"]
+    v["k4-cluster-best-early-utility"] = (
+        method,
+        {**options, "utility": {**options["utility"], "teacher_epoch": 2}},
+    )
     return v
 
 
