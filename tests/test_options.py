@@ -134,3 +134,11 @@ def test_a_whole_image_window_computes_no_map(run):
     assert (scores["boxes"] == torch.tensor([0, 0, 28, 28])).all()
     patch = manifest["images"][0]["patches"][0]
     assert "shapley_map" not in patch and patch["noise_free"]
+
+
+def test_the_patch_sized_window_follows_the_factor(run):
+    _, one = run("patch1", informativeness={"budget": 32, "pool_kernel": None})
+    assert (one["boxes"] == torch.tensor([0, 0, 28, 28])).all()  # factor 1: the whole image
+    m, two = run("patch2", factor=2, ipc=1, informativeness={"budget": 32, "pool_kernel": None})
+    assert (two["boxes"][..., 2:] == 14).all() and "shapley" in two  # a native quarter
+    assert all(p["box"][2:] == [14, 14] for e in m["images"] for p in e["patches"])

@@ -73,7 +73,9 @@ class InformativenessConfig(Strict):
     budget: int = Field(512, ge=1)
     baseline: Literal["zero", "black", "mean", "blur"] = "zero"  # paper: absent patches zeroed
     target: Literal["prob", "logit"] = "prob"  # ours: true-class softmax probability
-    pool_kernel: int = Field(2, ge=1)  # paper: 2x2 average pooling, stride 1
+    # the crop window, in grid cells per side (2: the paper's 2x2 pooling, quarter-area windows);
+    # None: the patch's own share of the image, grid / factor, so no crop is ever upsampled
+    pool_kernel: int | None = Field(2, ge=1)
     num_crops: int = Field(5, ge=1)  # paper: 5 crops per candidate
     alpha: float = Field(2.0, ge=0)  # paper: sigma = alpha * std(pooled map), alpha = 2
     noise_std: Literal["per_image", "global"] = "per_image"  # ours: std of each image's map
@@ -93,7 +95,7 @@ class InformativenessConfig(Strict):
         # refused here, before any stage runs, each with its own reason
         from infoutil.attribution.shapley import check_budget
 
-        if self.pool_kernel > self.grid:
+        if self.pool_kernel is not None and self.pool_kernel > self.grid:
             raise UserError(f"pool_kernel {self.pool_kernel} is larger than the grid {self.grid}")
         check_budget(self.grid**2, self.estimator, self.evaluations)
         return self

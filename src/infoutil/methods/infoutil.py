@@ -62,6 +62,14 @@ def map_key(inf) -> dict:
     )
 
 
+def window_kernel(inf, factor: int) -> int:
+    """The crop window in grid cells per side: the configured one, or the patch's own share
+    of the image (grid / factor: the whole image at factor 1, a quarter at factor 2)."""
+    if inf.pool_kernel is not None:
+        return inf.pool_kernel
+    return max(1, inf.grid // factor)
+
+
 def attribution_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tensor:
     """``[N, grid, grid]``: where each candidate's class evidence lies, by the chosen method."""
     cfg, inf, model, labels = mc.cfg, mc.cfg.informativeness, mc.teacher.model, mc.train.targets
@@ -213,12 +221,13 @@ def select(mc: MethodContext) -> Selection:
 
     # a window as large as the grid is the whole image wherever the map points: no map can
     # move it, so none is computed (and none is recorded)
-    whole_image = inf.pool_kernel == inf.grid
+    kernel = window_kernel(inf, mc.factor)
+    whole_image = kernel == inf.grid
     if whole_image:
         maps = torch.zeros((len(candidates), inf.grid, inf.grid))
     else:
         maps = attribution_maps(mc, candidates)
-    pooled = pool_map(maps, inf.pool_kernel)
+    pooled = pool_map(maps, kernel)
     sigma = noise_sigma(pooled, inf.alpha, inf.noise_std)
 
     def utility_chunk(sl: slice) -> dict[str, torch.Tensor]:
@@ -227,7 +236,7 @@ def select(mc: MethodContext) -> Selection:
         boxes = informative_crops(
             maps[sl],
             sigma[sl],
-            kernel=inf.pool_kernel,
+            kernel=kernel,
             num_crops=k,
             generators=gens,
             height=size[0],
@@ -239,7 +248,7 @@ def select(mc: MethodContext) -> Selection:
     utility_key = dict(
         map_key(inf),
         **base_key,
-        pool_kernel=inf.pool_kernel,
+        pool_kernel=kernel,
         num_crops=k,
         alpha=inf.alpha,
         noise_std=inf.noise_std,
