@@ -112,6 +112,10 @@ def _variants() -> dict[str, tuple[str, dict]]:
         inf = {**options["informativeness"], "attribution": attribution}
         v[f"k3-cluster-best-{attribution}"] = (method, {**options, "informativeness": inf})
     method, options = v["k4-cluster-best"]
+    v["k4-cluster-medoid"] = (
+        method,
+        {**options, "utility": {**options["utility"], "cluster_pick": "medoid"}},
+    )
     v["k4-cluster-best-early-utility"] = (
         method,
         {**options, "utility": {**options["utility"], "teacher_epoch": 2}},

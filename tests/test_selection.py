@@ -254,3 +254,8 @@ def test_cluster_takes_the_easiest_crop_of_each_feature_group():
     shared = _crops(score, source=[0, 1, 2, 3, 4, 5, 1], embed=embed)
     assert sorted(rule_cluster(shared, 3, True).tolist()) == [1, 3, 5]
     assert len(rule_cluster(_crops(score, embed=embed), 5, False)) == 5  # then the easiest left
+    # the control: the crop nearest each group's mean, whatever its norm
+    line = torch.tensor([[0.0], [1.0], [2.0], [20.0], [21.0], [22.0]], dtype=torch.float64)
+    spread = _crops([0.0, 5.0, 1.0, 0.0, 5.0, 1.0], embed=lambda: (torch.zeros(6, 2), line))
+    assert sorted(rule_cluster(spread, 2, False).tolist()) == [0, 3]
+    assert sorted(rule_cluster(spread, 2, False, cluster_pick="medoid").tolist()) == [1, 4]

@@ -116,6 +116,8 @@ class UtilityConfig(Strict):
     quantile: float = Field(0.5, ge=0, le=1)  # select=quantile: where the band sits
     strata: int = Field(10, ge=1)  # select=strata: how many score strata
     hardest_cut: float = Field(0.1, ge=0, lt=1)  # select=strata: hardest share dropped first
+    # select=cluster: each group's lowest-norm crop, or (a control) the one nearest its mean
+    cluster_pick: Literal["lowest", "medoid"] = "lowest"
     # all: every crop competes (paper's App. B.1, ours so far); best: at most one crop per
     # source image, then the images ranked (RDED, and Algorithm 1's one crop per image)
     per_source: Literal["all", "best"] = "all"

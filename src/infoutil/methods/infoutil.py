@@ -180,7 +180,12 @@ def select(mc: MethodContext) -> Selection:
             embed=lambda: _last_layer(utility_model.model, crops_of, pool, rows),
         )
         rule = UTILITY_RULES[util.select]
-        extra = dict(quantile=util.quantile, strata=util.strata, hardest_cut=util.hardest_cut)
+        extra = dict(
+            quantile=util.quantile,
+            strata=util.strata,
+            hardest_cut=util.hardest_cut,
+            cluster_pick=util.cluster_pick,
+        )
         return rows[rule(crops, count, one_per_source, **extra)]
 
     base_key = dict(

@@ -296,14 +296,23 @@ def kmeans(x: torch.Tensor, k: int, g: torch.Generator, iterations: int = 25) ->
     return assign
 
 
-def rule_cluster(crops: ClassCrops, need: int, one_per_source: bool, **_) -> torch.Tensor:
+def rule_cluster(
+    crops: ClassCrops, need: int, one_per_source: bool, *, cluster_pick: str = "lowest", **_
+) -> torch.Tensor:
     """Coverage first, then utility: k-means on the teacher's penultimate features splits the
     class into ``need`` groups, and each group gives its lowest-norm (easiest) crop, largest
-    group first; groups that run out leave their turn to the easiest crops left."""
+    group first; groups that run out leave their turn to the easiest crops left.
+    ``cluster_pick="medoid"`` (a control) takes the crop nearest its group's mean instead."""
     _, h = crops.embed()
     k = min(need, len(h))
-    assign = kmeans(h.double(), k, crops.generator).tolist()
-    by_score = _stable_order(crops.score, False).tolist()
+    assign = kmeans(h.double(), k, crops.generator)
+    if cluster_pick == "medoid":
+        centres = torch.stack([h.double()[assign == j].mean(0) for j in range(k)])
+        key = (h.double() - centres[assign]).norm(dim=1)
+    else:
+        key = crops.score
+    assign = assign.tolist()
+    by_score = _stable_order(key, False).tolist()
     sizes = torch.bincount(torch.tensor(assign), minlength=k).tolist()
     picked: list[int] = []
     used: set[int] = set()
