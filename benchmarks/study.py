@@ -61,6 +61,8 @@ def _variants() -> dict[str, tuple[str, dict]]:
         v[f"random-seed{seed}"] = ("random", {"seed": seed})
         v[f"rded-seed{seed}"] = ("rded", {"seed": seed})
     v["paper"] = infoutil()
+    # the defaults the study chose (config.py): the same set as k4-cluster-best (a test checks)
+    v["default"] = ("infoutil", {"recipe": "default"})
     # one factor at a time from the paper's text
     v["k3"] = infoutil(**window(3))
     v["k4"] = infoutil(**window(4))
@@ -231,14 +233,15 @@ def markdown(rows: list[dict]) -> str:
         return "-" if v is None else f"{100 * v:.1f}"
 
     lines = [
-        "| run | top-1 val (%) | teacher top-1 on selected (%) | true-class prob | "
+        "| run | split | seeds | top-1 (%) | teacher top-1 on selected (%) | true-class prob | "
         "sources / patches | area (%) | noise-free (%) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         prob = "-" if r["true_class_prob"] is None else f"{r['true_class_prob']:.2f}"
         lines.append(
-            f"| {r['run']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | "
+            f"| {r['run']} | {r['split']} | {r['seeds']} | "
+            f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} | "
             f"{pct(r['teacher_top1'])} | {prob} | {r['distinct_sources']} / {r['patches']} | "
             f"{pct(r['mean_area'])} | {pct(r['noise_free_share'])} |"
         )
@@ -247,8 +250,8 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", required=True)
-    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--dataset")
+    ap.add_argument("--teacher")
     ap.add_argument("--label-teacher", default=None)
     ap.add_argument("--label-name", default="early", help="the label teacher's name in run tags")
     ap.add_argument(
@@ -266,14 +269,20 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--work", required=True)
+    ap.add_argument("--work")
     ap.add_argument("--results", required=True)
     ap.add_argument("--list", action="store_true", help="print the variants and stop")
+    ap.add_argument("--table-only", action="store_true", help="rebuild the tables and stop")
     args = ap.parse_args()
     if args.list:
         for name, (method, options) in VARIANTS.items():
             print(name, method, json.dumps(options, sort_keys=True))
         return
+    if args.table_only:
+        write_tables(Path(args.results))
+        return
+    if None in (args.dataset, args.teacher, args.work):
+        ap.error("--dataset, --teacher and --work are required to run variants")
     names = args.variants or [*BASELINES, "paper"]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -306,7 +315,10 @@ def main() -> None:
     else:
         for job in jobs:
             run_one(job)
-    results = Path(args.results)
+    write_tables(Path(args.results))
+
+
+def write_tables(results: Path) -> None:
     rows = table(results)
     (results / "table.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     (results / "table.md").write_text(markdown(rows))

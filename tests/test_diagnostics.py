@@ -81,7 +81,9 @@ def test_the_distill_warns_when_the_teacher_gets_most_selected_patches_wrong(
     fmnist_teacher, tmp_path
 ):
     common = ["--ipc", "2", "--candidates-per-class", "6", "--budget", "32", "-q"]
-    paper = run_cli(*fmnist_distill(fmnist_teacher, *common, "--out", str(tmp_path / "p")))
+    paper = run_cli(
+        *fmnist_distill(fmnist_teacher, *common, "--recipe", "paper", "--out", str(tmp_path / "p"))
+    )
     assert paper.returncode == 0, paper.stderr
     manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
     top1 = manifest["diagnostics"]["selected"]["overall"]["teacher_top1"]

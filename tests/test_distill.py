@@ -120,7 +120,12 @@ def test_bad_ipc_values(fmnist_teacher, data_root, tmp_path):
 @pytest.mark.parametrize(
     "method, args, message",
     [
-        ("infoutil", ["--ipc", "31"], "30 candidate crops (5 per image) but 31 are needed"),
+        ("infoutil", ["--ipc", "7"], "only 6 candidate images but 7 are needed"),
+        (
+            "infoutil",
+            ["--ipc", "31", "--recipe", "paper"],
+            "30 candidate crops (5 per image) but 31 are needed",
+        ),
         ("rded", ["--ipc", "7"], "only 6 candidates but 7 are needed"),
         ("herding", ["--ipc", "7"], "only 6 candidates but 7 are needed"),
     ],

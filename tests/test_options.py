@@ -142,3 +142,24 @@ def test_the_patch_sized_window_follows_the_factor(run):
     m, two = run("patch2", factor=2, ipc=1, informativeness={"budget": 32, "pool_kernel": None})
     assert (two["boxes"][..., 2:] == 14).all() and "shapley" in two  # a native quarter
     assert all(p["box"][2:] == [14, 14] for e in m["images"] for p in e["patches"])
+
+
+def test_the_default_recipe_is_the_studys_leader(run):
+    """Whole images (no map), one per source, the easiest image of each feature group."""
+    manifest, scores = run("default", recipe="default")
+    cfg = manifest["config"]
+    assert cfg["informativeness"]["pool_kernel"] is None
+    assert (cfg["utility"]["select"], cfg["utility"]["per_source"]) == ("cluster", "best")
+    assert "shapley" not in scores and (scores["boxes"] == torch.tensor([0, 0, 28, 28])).all()
+    sel = manifest["diagnostics"]["selected"]["overall"]
+    assert sel["distinct_sources"] == sel["patches"] == 20 and sel["mean_area"] == 1.0
+    # the same set as the study's variant spelled out on the paper's recipe
+    spelled, again = run(
+        "k4-cluster-best",
+        informativeness={"budget": 32, "pool_kernel": 4},
+        utility={"select": "cluster", "per_source": "best"},
+    )
+    assert torch.equal(scores["selected"], again["selected"])
+    assert [e["patches"][0]["source_index"] for e in manifest["images"]] == [
+        e["patches"][0]["source_index"] for e in spelled["images"]
+    ]

@@ -74,8 +74,9 @@ class InformativenessConfig(Strict):
     baseline: Literal["zero", "black", "mean", "blur"] = "zero"  # paper: absent patches zeroed
     target: Literal["prob", "logit"] = "prob"  # ours: true-class softmax probability
     # the crop window, in grid cells per side (2: the paper's 2x2 pooling, quarter-area windows);
-    # None: the patch's own share of the image, grid / factor, so no crop is ever upsampled
-    pool_kernel: int | None = Field(2, ge=1)
+    # None (ours, the default since the study): the patch's own share of the image, grid /
+    # factor, so no crop is ever upsampled: the whole image at factor 1, a native quarter at 2
+    pool_kernel: int | None = Field(None, ge=1)
     num_crops: int = Field(5, ge=1)  # paper: 5 crops per candidate
     alpha: float = Field(2.0, ge=0)  # paper: sigma = alpha * std(pooled map), alpha = 2
     noise_std: Literal["per_image", "global"] = "per_image"  # ours: std of each image's map
@@ -109,18 +110,20 @@ class UtilityConfig(Strict):
     # the rule that keeps k x IPC crops per class (selection.utility.UTILITY_RULES):
     # highest norm (paper), lowest, highest among teacher-correct crops, nearest a quantile,
     # CCS strata, BADGE's k-means++ on last-layer gradient embeddings, or the easiest crop of
-    # each k-means group of the teacher's features (coverage first)
+    # each k-means group of the teacher's features (coverage first; ours, the default since
+    # the study, docs/method.md)
     select: Literal[
         "highest", "lowest", "highest_correct", "quantile", "strata", "badge", "cluster"
-    ] = "highest"
+    ] = "cluster"
     quantile: float = Field(0.5, ge=0, le=1)  # select=quantile: where the band sits
     strata: int = Field(10, ge=1)  # select=strata: how many score strata
     hardest_cut: float = Field(0.1, ge=0, lt=1)  # select=strata: hardest share dropped first
     # select=cluster: each group's lowest-norm crop, or (a control) the one nearest its mean
     cluster_pick: Literal["lowest", "medoid"] = "lowest"
     # all: every crop competes (paper's App. B.1, ours so far); best: at most one crop per
-    # source image, then the images ranked (RDED, and Algorithm 1's one crop per image)
-    per_source: Literal["all", "best"] = "all"
+    # source image, then the images ranked (RDED, and Algorithm 1's one crop per image; the
+    # default since the study)
+    per_source: Literal["all", "best"] = "best"
     # the gradient norm at an earlier checkpoint of the scoring teacher's own run
     # (Definition 3 is stated at theta(t)); None: the scoring checkpoint (Algorithm 1)
     teacher_epoch: int | None = Field(None, ge=1)
