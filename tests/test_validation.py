@@ -99,6 +99,7 @@ def test_full_and_evaluation_on_the_split(fmnist_teacher, data_root, tmp_path, p
         sset, tmp_path / "t", protocol=protocol, data_root=str(data_root), progress=False
     )
     assert test["split"] == "test" and test["test_images"] == 10000 and test["validation"] is None
+    assert res["held_out"] == test["held_out"] == val.validation  # the set never saw it
 
 
 def test_val_on_a_set_without_a_split_is_refused(fmnist_teacher, data_root, tmp_path):

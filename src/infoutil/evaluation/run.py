@@ -176,6 +176,8 @@ def _results(
         "epochs": protocol.epochs,
         "split": config["split"],  # what "accuracy" measured: the test set, or val
         "validation": test.validation if config["split"] == "val" else None,
+        # the split the set was distilled without (whichever split is measured here)
+        "held_out": distilled.manifest.get("validation"),
         "test_images": len(test),
         "batch_size": protocol.batch_size
         or rded_batch_size(
