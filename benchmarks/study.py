@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -318,11 +319,37 @@ def main() -> None:
     write_tables(Path(args.results))
 
 
+def grid_markdown(rows: list[dict]) -> str:
+    """The test-split runs as a grid: one line per variant, label teacher and epochs; one
+    column per IPC."""
+    cells: dict[str, dict[int, str]] = {}
+    for r in rows:
+        m = re.fullmatch(r"(.+)-ipc(\d+)(-labels-\w+)?-test(-e\d+)?", r["run"])
+        if not m:
+            continue
+        name, ipc, labels, epochs = m.groups()
+        line = name + (f", labels {labels.removeprefix('-labels-')}" if labels else "")
+        line += f", {epochs.removeprefix('-e')} epochs" if epochs else ""
+        cells.setdefault(line, {})[int(ipc)] = (
+            f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} ({r['seeds']})"
+        )
+    ipcs = sorted({i for c in cells.values() for i in c})
+    lines = [
+        "| variant | " + " | ".join(f"IPC {i}" for i in ipcs) + " |",
+        "|---|" + "---|" * len(ipcs),
+    ]
+    for line, by_ipc in cells.items():
+        lines.append(f"| {line} | " + " | ".join(by_ipc.get(i, "") for i in ipcs) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_tables(results: Path) -> None:
     rows = table(results)
     (results / "table.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     (results / "table.md").write_text(markdown(rows))
+    (results / "grid.md").write_text(grid_markdown(rows))
     print(markdown(rows))
+    print(grid_markdown(rows))
 
 
 if __name__ == "__main__":
