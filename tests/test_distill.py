@@ -58,6 +58,15 @@ def test_distilled_set_round_trips(distilled):
     assert stats["peak_rss_mib"] > 100  # torch alone is larger than this
 
 
+def test_the_report_of_a_paper_recipe_set_shows_its_maps(distilled, tmp_path):
+    from infoutil.report.html import build_report
+
+    page = build_report(distilled.parent, tmp_path / "report")
+    html = page.read_text()
+    assert "Shapley heatmap" in html and "No attribution maps" not in html
+    assert (tmp_path / "report" / "figures" / "candidates_infoutil_ipc2.png").stat().st_size > 1000
+
+
 def test_same_seed_same_bytes_from_scratch(
     distilled, fmnist_teacher, data_root, tmp_path, monkeypatch
 ):

@@ -37,14 +37,18 @@ def torchrun(*args: str, env: dict | None = None, timeout: int = 900):
 
 
 @pytest.mark.slow
-def test_two_ranks_distill_the_same_bytes_as_one(fmnist_teacher, tmp_path):
+@pytest.mark.parametrize("recipe, stages", [("paper", 2), ("default", 1)])
+def test_two_ranks_distill_the_same_bytes_as_one(recipe, stages, fmnist_teacher, tmp_path):
     """One process on two threads against two ranks on one thread each, on a pool of 200
-    candidates (chunks of 64, 64, 64 and 8): the same bytes."""
+    candidates (chunks of 64, 64, 64 and 8): the same bytes, with the Shapley stage (paper)
+    and without it (the default: whole images, the cluster rule on the teacher's features)."""
     one = tmp_path / "one"
     args = [
         "distill",
         "--method",
         "infoutil",
+        "--recipe",
+        recipe,
         "--dataset",
         "fashion-mnist",
         "--ipc",
@@ -84,7 +88,7 @@ def test_two_ranks_distill_the_same_bytes_as_one(fmnist_teacher, tmp_path):
             assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
     # each rank scored its own chunks: both ranks' chunks are in the store
     chunks = list((tmp_path / "c2" / "scores").rglob("chunk_*.safetensors"))
-    assert len(chunks) == 2 * 4  # shapley + utility, 4 chunks each
+    assert len(chunks) == stages * 4  # (shapley +) utility, 4 chunks each
 
 
 @pytest.mark.slow

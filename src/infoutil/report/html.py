@@ -359,9 +359,17 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                     _figure(
                         f"figures/candidates_{tag}.png",
                         "sample candidates: Shapley heatmap over the image (red helps the true "
-                        "class, blue hurts), the 2x2-pooled map with its argmax, and the crops "
-                        "(dashed orange: the four noisy crops, solid red: the noise-free one)",
+                        "class, blue hurts), the pooled map (one cell per crop window) with its "
+                        "argmax, and the crops (dashed orange: the noisy crops, solid red: the "
+                        "noise-free one)",
                     )
+                )
+            elif manifest["method"] == "infoutil":
+                parts.append(
+                    "<p class='note'>No attribution maps: the crop window is the whole image "
+                    "(the default at factor 1), so the informativeness stage had no position to "
+                    "choose and computed none; the selection is by the utility rule alone "
+                    "(docs/method.md, <i>The defaults</i>).</p>"
                 )
             if "grad_norm" in scores and info is not None:
                 grad_norm_figure(scores, info, figs / f"gradnorm_{tag}.png")
