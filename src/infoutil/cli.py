@@ -258,8 +258,10 @@ def distill(
     recipe: str | None = typer.Option(
         None,
         "--recipe",
-        help="A preset of InfoUtil's free choices: default, or paper (the paper's text read "
-        "literally); other options override it.",
+        help="A preset of InfoUtil's free choices: default (chosen on a validation split: "
+        "patch-sized windows, so whole images up to 64 px; one crop per source; the easiest "
+        "crop of each feature group), or paper (the paper's text read literally); other "
+        "options override it.",
     ),
     dataset: str | None = typer.Option(None, "--dataset"),
     teacher: str = typer.Option(
