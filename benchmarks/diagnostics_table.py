@@ -14,19 +14,20 @@ import argparse
 import json
 from pathlib import Path
 
+from infoutil.selection.diagnostics import most_predicted
+
 
 def row(name: str, diag: dict) -> str:
     sel, pool = diag["selected"]["overall"], diag["pool"]["overall"]
     names = diag["class_names"]
-    top = max(range(len(names)), key=lambda k: sel["predicted"][k])
-    share = sel["predicted"][top] / max(sel["patches"], 1)
+    top, share = most_predicted(diag)
     noise = "-" if "noise_free_share" not in sel else f"{100 * sel['noise_free_share']:.0f}%"
     worst = min(names, key=lambda n: diag["selected"]["per_class"][n]["teacher_top1"])
     worst_top1 = diag["selected"]["per_class"][worst]["teacher_top1"]
     return (
         f"| {name} | {100 * sel['teacher_top1']:.1f}% ({100 * pool['teacher_top1']:.1f}%) | "
         f"{sel['mean_true_class_prob']:.2f} ({pool['mean_true_class_prob']:.2f}) | "
-        f"{names[top]} {100 * share:.0f}% | {worst} {100 * worst_top1:.0f}% | "
+        f"{top} {100 * share:.0f}% | {worst} {100 * worst_top1:.0f}% | "
         f"{sel['distinct_sources']} / {sel['patches']} | {noise} | "
         f"{100 * sel['mean_area']:.0f}% ({100 * pool['mean_area']:.0f}%) |"
     )

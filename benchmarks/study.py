@@ -110,19 +110,17 @@ def _variants() -> dict[str, tuple[str, dict]]:
         for seed in (1, 2):
             method, options = v[name]
             v[f"{name}-seed{seed}"] = (method, {**options, "seed": seed})
+
+    def changed(name: str, section: str, **values) -> tuple[str, dict]:
+        method, options = v[name]
+        return method, {**options, section: {**options[section], **values}}
+
     for attribution in ("gradcam", "random"):
-        method, options = v["k3-cluster-best"]
-        inf = {**options["informativeness"], "attribution": attribution}
-        v[f"k3-cluster-best-{attribution}"] = (method, {**options, "informativeness": inf})
-    method, options = v["k4-cluster-best"]
-    v["k4-cluster-medoid"] = (
-        method,
-        {**options, "utility": {**options["utility"], "cluster_pick": "medoid"}},
-    )
-    v["k4-cluster-best-early-utility"] = (
-        method,
-        {**options, "utility": {**options["utility"], "teacher_epoch": 2}},
-    )
+        v[f"k3-cluster-best-{attribution}"] = changed(
+            "k3-cluster-best", "informativeness", attribution=attribution
+        )
+    v["k4-cluster-medoid"] = changed("k4-cluster-best", "utility", cluster_pick="medoid")
+    v["k4-cluster-best-early-utility"] = changed("k4-cluster-best", "utility", teacher_epoch=2)
     return v
 
 

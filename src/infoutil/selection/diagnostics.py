@@ -101,18 +101,23 @@ def selection_diagnostics(
     }
 
 
+def most_predicted(d: dict) -> tuple[str, float]:
+    """The class the teacher predicts most often for the selected patches, and its share."""
+    s, names = d["selected"]["overall"], d["class_names"]
+    top = max(range(len(names)), key=lambda k: s["predicted"][k])
+    return names[top], s["predicted"][top] / max(s["patches"], 1)
+
+
 def summary_line(d: dict) -> str:
     """One line: the selected patches against the pool."""
     s, p = d["selected"]["overall"], d["pool"]["overall"]
-    names = d["class_names"]
-    top = max(range(len(names)), key=lambda k: s["predicted"][k])
-    share = s["predicted"][top] / max(s["patches"], 1)
+    top, share = most_predicted(d)
     line = (
         f"teacher on selected patches: top-1 {100 * s['teacher_top1']:.1f}% "
         f"(pool {100 * p['teacher_top1']:.1f}%), true-class prob {s['mean_true_class_prob']:.2f} "
         f"(pool {p['mean_true_class_prob']:.2f}), area {100 * s['mean_area']:.0f}% of the image, "
         f"{s['distinct_sources']} sources for {s['patches']} patches, "
-        f"most predicted {names[top]!r} ({100 * share:.0f}%)"
+        f"most predicted {top!r} ({100 * share:.0f}%)"
     )
     if "noise_free_share" in s:
         line += f", noise-free {100 * s['noise_free_share']:.0f}%"
