@@ -3,6 +3,9 @@
 `memory`: the same distillation with pools of P and 10 x P candidates per class, each in a fresh
 process with a fresh score cache; peak RSS from the kernel (ru_maxrss of the child) and the
 wall time of each stage (from the run's run_stats.json); `--methods infoutil rded` for a ratio.
+`speed`: rded, then InfoUtil with `--config`, on the same pool (`--pool` candidates per class,
+`--factor`, the validation split held out), each measured as `memory` measures it; the ratio of
+their wall times (issue "InfoUtil at RDED's speed").
 `scaling`: the same distillation with 1 process and with `torchrun --nproc-per-node 2` (gloo,
 one thread per process), fresh caches; wall time, speedup, and whether the outputs are
 byte-identical. The load average before each run says how many cores were actually free.
@@ -49,6 +52,13 @@ def run(cmd: list[str], cache: Path) -> dict:
 def distill_cmd(
     args, out: Path, pool: int, launcher: list[str], method: str = "infoutil"
 ) -> list[str]:
+    # speed: the recipe comes from --config (or the defaults), not from --estimator/--budget
+    recipe = (
+        ["--factor", str(args.factor), "--val-per-class", str(args.val_per_class)]
+        + (["-c", args.config] if args.config and method == "infoutil" else [])
+        if args.what == "speed"
+        else ["--estimator", args.estimator, "--budget", str(args.budget)]
+    )
     return [
         *launcher,
         "-m",
@@ -64,10 +74,7 @@ def distill_cmd(
         str(args.ipc),
         "--candidates-per-class",
         str(pool),
-        "--estimator",
-        args.estimator,
-        "--budget",
-        str(args.budget),
+        *recipe,
         "--out",
         str(out),
         "--threads",
@@ -89,12 +96,14 @@ def measure_memory(args, work: Path, method: str, pool: int) -> dict:
         "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))",
         *distill_cmd(args, out, pool, [sys.executable], method),
     ]
+    cache = work / f"c-{method}{pool}"
+    cache.mkdir(parents=True)
+    if getattr(args, "decoded", None):  # a decoded archive: the runs time distillation alone
+        shutil.copy(args.decoded, cache / Path(args.decoded).name)
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, INFOUTIL_CACHE=str(work / f"c-{method}{pool}")),
+        cmd, capture_output=True, text=True, env=dict(os.environ, INFOUTIL_CACHE=str(cache))
     )
     lines = proc.stdout.strip().splitlines()
     line = json.loads(lines[-1])
@@ -104,6 +113,7 @@ def measure_memory(args, work: Path, method: str, pool: int) -> dict:
         "method": method,
         "candidates_per_class": pool,
         "seconds": round(time.perf_counter() - t0, 1),
+        "load_average_before": round(load, 2),
         "peak_rss_mib": round(line["peak_kib"] / 1024, 1),
         "stages": json.loads((out / "run_stats.json").read_text())["stages"],
         "summary": lines[-2] if len(lines) > 1 else "",
@@ -120,7 +130,7 @@ def same_files(a: Path, b: Path) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["memory", "scaling"])
+    ap.add_argument("what", choices=["memory", "scaling", "speed"])
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--dataset", default="cifar10")
     ap.add_argument("--ipc", type=int, default=10)
@@ -129,6 +139,11 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["infoutil"], help="memory: methods to run")
     ap.add_argument("--estimator", default="leverage")
     ap.add_argument("--budget", type=int, default=256)
+    ap.add_argument("--factor", type=int, default=2, help="speed: patches per side")
+    ap.add_argument("--val-per-class", type=int, default=500, help="speed: held out")
+    ap.add_argument("--config", help="speed: InfoUtil's options (YAML)")
+    ap.add_argument("--decoded", help="a decoded archive (.npz) copied into each fresh cache")
+    ap.add_argument("--keep", help="speed: keep the distilled sets in this folder")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     report = {
@@ -141,9 +156,18 @@ def main() -> None:
         "budget": args.budget,
         "runs": [],
     }
-    work = Path(tempfile.mkdtemp(prefix="infoutil-bench-"))
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="infoutil-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
-        if args.what == "memory":
+        if args.what == "speed":  # rded, then infoutil with --config, one after the other
+            for method in ("rded", "infoutil"):
+                report["runs"].append(measure_memory(args, work, method, args.pool))
+                print(report["runs"][-1], flush=True)
+            rded, info = report["runs"]
+            report.update(config=args.config, factor=args.factor, candidates_per_class=args.pool)
+            report["ratio_infoutil_over_rded"] = round(info["seconds"] / rded["seconds"], 2)
+            print(f"infoutil / rded wall time: {report['ratio_infoutil_over_rded']}")
+        elif args.what == "memory":
             for method in args.methods:
                 for pool in args.pools:
                     report["runs"].append(measure_memory(args, work, method, pool))
@@ -172,7 +196,8 @@ def main() -> None:
             report["candidates_per_class"] = args.pool
             print(report, flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 

@@ -29,6 +29,7 @@ def run(fmnist_teacher, data_root, tmp_path_factory):
                 progress=False,
             )
             manifest = json.loads((out / "manifest.json").read_text())
+            manifest["run_stats"] = json.loads((out / "run_stats.json").read_text())
             done[name] = (manifest, load_file(str(out / "scores.safetensors")))
         return done[name]
 
@@ -126,6 +127,20 @@ def test_a_shortlist_maps_only_the_candidates_the_rule_prefers_whole(run):
     rows = [full["candidates"].tolist().index(i) for i in short["candidates"].tolist()]
     assert torch.equal(short["shapley"], full["shapley"][rows])
     assert manifest["config"]["informativeness"]["shortlist"] == 1.5
+
+
+def test_an_early_stop_costs_fewer_forwards_and_keeps_the_window(run):
+    """At factor 2 (quarter windows) the maps stop between 32 and 64 evaluations."""
+    options = dict(factor=2, ipc=1, candidates_per_class=4)
+    inf = {"budget": 64, "early_stop_z": 2.0, "early_stop_from": 32}
+    manifest, early = run("early-stop", **options, informativeness=inf)
+    _, plain = run("factor2-small", **options, informativeness={"budget": 64})
+    forwards = {s["stage"]: s["teacher_forwards"] for s in manifest["run_stats"]["stages"]}
+    assert 40 * 32 <= forwards["shapley"] < 40 * 64
+    assert (early["boxes"][..., 2:] == 14).all()
+    # a map that ran the whole budget is the plain map
+    same = (early["shapley"] == plain["shapley"]).flatten(1).all(1)
+    assert 0 < int(same.sum()) < 40
 
 
 def test_a_whole_image_window_computes_no_map(run):

@@ -9,7 +9,9 @@ from infoutil.attribution.patch import (
     baseline_images,
     patch_index_map,
     patch_shapley,
+    patch_shapley_early_stop,
     patch_values,
+    stage_budgets,
 )
 from infoutil.attribution.shapley import shapley_values
 from infoutil.data import load_dataset
@@ -105,3 +107,32 @@ def test_patch_game_agrees_with_the_generic_engine(game):
         generic,
         atol=1e-6,
     )
+
+
+def test_stage_budgets_double_up_to_the_budget():
+    assert stage_budgets(128, 512) == [128, 256, 512]
+    assert stage_budgets(100, 512) == [100, 200, 400, 512]
+    assert stage_budgets(512, 512) == [512]
+
+
+@pytest.mark.parametrize("stop_at", [None, 0, 1])
+def test_an_early_stopped_map_is_the_map_of_the_stage_it_stopped_at(game, stop_at):
+    """Never settled: the full budget's map (patch_shapley's, same seeds); settled after stage
+    ``stop_at``: that stage's map. The nested designs are evaluated once: an image costs the
+    coalitions of its last stage, not the sum over stages."""
+    model, x, y = game
+    seeds = torch.tensor([11, 12, 13, 14])
+    stages = []
+
+    def settled(rows, maps, error_cov):
+        assert error_cov.shape == (len(rows), 16, 16)
+        stages.append(len(rows))
+        return torch.full((len(rows),), len(stages) - 1 == stop_at)
+
+    maps, forwards = patch_shapley_early_stop(
+        model, x, y, seeds, settled, budget=256, first_budget=64
+    )
+    last = 256 if stop_at is None else (64, 128)[stop_at]
+    assert torch.equal(maps, patch_shapley(model, x, y, budget=last, seed=seeds))
+    assert forwards.tolist() == [last] * 4
+    assert stages == ([4, 4] if stop_at is None else [4] * (stop_at + 1))

@@ -15,6 +15,8 @@ from infoutil.selection.crops import (
     informative_crops,
     noise_sigma,
     pool_map,
+    settled_crops,
+    window_matrix,
 )
 from infoutil.selection.utility import (
     ClassCrops,
@@ -80,6 +82,25 @@ def test_noise_spreads_crops_and_is_seeded():
     assert (a[:, :4] != a[:, 4:]).any()  # noisy crops move away from the argmax
     assert torch.equal(a[:, 4], pooled.flatten(1).argmax(1))
     assert noise_sigma(pooled, 2.0, "global").unique().numel() == 1
+
+
+def test_a_crop_is_settled_only_when_no_error_within_z_can_move_it():
+    g = torch.Generator().manual_seed(3)
+    maps = torch.randn(40, 4, 4, generator=g, dtype=torch.float64)
+    assert torch.allclose(maps.flatten(1) @ window_matrix(4, 2).T, pool_map(maps, 2).flatten(1))
+
+    def settled(cov, z=3.0):
+        gens = [torch.Generator().manual_seed(i) for i in range(40)]
+        return settled_crops(maps, cov, kernel=2, num_crops=5, alpha=2.0, generators=gens, z=z)
+
+    eye = torch.eye(16, dtype=torch.float64).expand(40, 16, 16)
+    assert settled(eye * 1e-12).all()  # a negligible error moves nothing
+    assert not settled(eye * 1e2).any()  # a huge one could move every crop
+    some = settled(eye * 1e-2)
+    assert some.any() and not some.all()
+    assert (settled(eye * 1e-2, z=1.0) >= some).all()  # a looser bound settles more
+    # an error shared by every patch moves no window against another
+    assert settled(torch.ones(40, 16, 16, dtype=torch.float64) * 1e2 + eye * 1e-12).all()
 
 
 def test_ties_go_to_the_first_cell():

@@ -282,3 +282,50 @@ def test_leverage_designs_nest_as_the_budget_grows(n):
             assert len(current) == design.size  # distinct coalitions
             assert previous <= current
             previous = current
+
+
+def prior_game(n: int, g: torch.Generator, scale: float):
+    """A game drawn from leverage-gp's own prior: any linear and even part, and odd
+    interactions of order d >= 3 with variance scale^2 x GP_DECAY^((d-3)/2)."""
+    from infoutil.attribution.shapley import GP_DECAY
+
+    subsets = [t for k in range(1, n + 1) for t in itertools.combinations(range(n), k)]
+    sd = []
+    for t in subsets:
+        d = len(t)
+        sd.append(scale * GP_DECAY ** ((d - 3) / 4) if d % 2 and d >= 3 else 1.0)
+    coef = torch.randn(len(subsets), generator=g, dtype=torch.float64) * torch.tensor(sd)
+    incidence = torch.zeros((n, len(subsets)), dtype=torch.float64)
+    for k, t in enumerate(subsets):
+        incidence[list(t), k] = 1.0
+
+    def v(Z):
+        absent_in_t = (~Z).to(torch.float64) @ incidence
+        return (1 - 2 * (absent_in_t % 2)) @ coef
+
+    return v
+
+
+def test_the_gp_error_bound_is_calibrated_on_games_from_its_prior():
+    """On games drawn from the prior, the estimate's error divided by the posterior standard
+    error is standard normal, and the residual recovers the prior's scale."""
+    n, scale = 8, 0.05
+    g = torch.Generator().manual_seed(0)
+    z_known, scale_ratio = [], []
+    for seed in range(150):
+        v = prior_game(n, g, scale)
+        truth = shapley_values(v, n, estimator="exact")
+        design = make_design(n, "leverage-gp", 48, torch.Generator().manual_seed(seed))
+        values = v(design.coalitions)
+        err = design.weights @ values - truth
+        z_known.append(err / (design.error_cov.diagonal() * scale**2).sqrt())
+        scale_ratio.append(float((design.residual @ values).square().sum()) / scale**2)
+    z = torch.cat(z_known)
+    assert 0.85 < float(z.std()) < 1.15
+    assert 0.8 < sum(scale_ratio) / len(scale_ratio) < 1.2
+    assert float((z.abs() > 3).double().mean()) < 0.01
+
+
+def test_the_gp_error_vanishes_where_the_design_is_complete():
+    design = make_design(8, "leverage-gp", 256, torch.Generator().manual_seed(0))
+    assert float(design.error_cov.abs().max()) < 1e-6

@@ -85,6 +85,10 @@ class InformativenessConfig(Strict):
     # maps only for a shortlist: per class, the shortlist x (k x IPC) candidates the utility
     # rule prefers as whole images (one forward and one gradient each); None: every candidate
     shortlist: float | None = Field(None, gt=0)
+    # ours: a candidate's map stops early once none of its crops can move within z standard
+    # errors of the leverage-gp posterior (budgets early_stop_from, doubling, up to budget)
+    early_stop_z: float | None = Field(None, gt=0)
+    early_stop_from: int = Field(128, ge=1)
 
     @property
     def evaluations(self) -> int:
@@ -99,6 +103,23 @@ class InformativenessConfig(Strict):
         if self.pool_kernel is not None and self.pool_kernel > self.grid:
             raise UserError(f"pool_kernel {self.pool_kernel} is larger than the grid {self.grid}")
         check_budget(self.grid**2, self.estimator, self.evaluations)
+        if self.early_stop_z is not None:
+            if self.attribution != "shapley" or self.estimator != "leverage-gp":
+                raise UserError(
+                    "early_stop_z needs the leverage-gp estimator's error bound; set "
+                    "estimator: leverage-gp (attribution: shapley) or drop early_stop_z"
+                )
+            if self.noise_std != "per_image":
+                raise UserError(
+                    "early_stop_z decides per candidate, but noise_std 'global' ties every "
+                    "crop to all maps; use noise_std: per_image or drop early_stop_z"
+                )
+            if self.early_stop_from > self.budget:
+                raise UserError(
+                    f"early_stop_from {self.early_stop_from} is above the budget "
+                    f"{self.budget}; lower early_stop_from or raise the budget"
+                )
+            check_budget(self.grid**2, self.estimator, self.early_stop_from)
         return self
 
 

@@ -20,6 +20,7 @@ Baselines (what "absent" means):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -79,11 +80,30 @@ def _autocast(precision: str, device_type: str = "cpu"):
     return contextlib.nullcontext()
 
 
-@torch.inference_mode()
 def patch_values(
     model: torch.nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
+    coalitions: torch.Tensor,
+    **game,
+) -> torch.Tensor:
+    """``v`` of each image's coalitions: ``coalitions`` is bool ``[B, m, n]``; returns ``[B, m]``.
+
+    Rows of all images are flattened and evaluated together (``game``: the options of
+    :func:`coalition_values`).
+    """
+    b, m, n = coalitions.shape
+    rows_of = torch.arange(b).repeat_interleave(m)
+    values = coalition_values(model, images, labels, rows_of, coalitions.reshape(b * m, n), **game)
+    return values.view(b, m)
+
+
+@torch.inference_mode()
+def coalition_values(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    image_of_row: torch.Tensor,
     coalitions: torch.Tensor,
     *,
     grid: int,
@@ -93,25 +113,23 @@ def patch_values(
     precision: str = "fp32",
     progress_bar: bool = False,
 ) -> torch.Tensor:
-    """``v`` of each image's coalitions: ``coalitions`` is bool ``[B, m, n]``; returns ``[B, m]``.
-
-    Rows of all images are flattened and evaluated ``batch_size`` masked images at a time.
-    """
+    """``v`` of coalition rows ``[R, n]``, row ``r`` a coalition of image ``image_of_row[r]``,
+    evaluated ``batch_size`` masked images at a time."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    b, m, n = coalitions.shape
+    total = coalitions.shape[0]
     device = images.device
     _, c, h, w = images.shape
     base = baseline_images(model, images, baseline, grid)
     delta = images - base
     owner = patch_index_map(h, w, grid).to(device).flatten()  # [H*W]
-    values = torch.empty(b * m, dtype=torch.float32)
-    flat = coalitions.reshape(b * m, n).to(device)
-    img_of_row = torch.arange(b, device=device).repeat_interleave(m)
+    values = torch.empty(total, dtype=torch.float32)
+    flat = coalitions.to(device)
+    img_of_row = image_of_row.to(device)
     labels = labels.to(device)
-    bar = progress(total=b * m, desc="masked forwards", unit="img", enabled=progress_bar)
-    for start in range(0, b * m, batch_size):
-        rows = slice(start, min(start + batch_size, b * m))
+    bar = progress(total=total, desc="masked forwards", unit="img", enabled=progress_bar)
+    for start in range(0, total, batch_size):
+        rows = slice(start, min(start + batch_size, total))
         idx = img_of_row[rows]
         keep = flat[rows][:, owner].view(-1, 1, h, w).to(images.dtype)  # [R, 1, H, W]
         masked = torch.addcmul(base[idx], keep, delta[idx])
@@ -125,7 +143,7 @@ def patch_values(
         values[rows] = score.float().cpu()
         bar.update(rows.stop - rows.start)
     bar.close()
-    return values.view(b, m)
+    return values
 
 
 def patch_designs(
@@ -186,3 +204,82 @@ def patch_shapley(
     else:
         phi = values @ designs[0].weights.T
     return phi.to(torch.float32).view(-1, grid, grid)
+
+
+def stage_budgets(first: int, budget: int) -> list[int]:
+    """The budgets of an early-stopped map: ``first``, doubling, and ``budget`` last."""
+    stages = [first]
+    while stages[-1] * 2 < budget:
+        stages.append(stages[-1] * 2)
+    return [b for b in stages if b < budget] + [budget]
+
+
+def _bitmask(coalitions: torch.Tensor) -> torch.Tensor:
+    return (coalitions.long() << torch.arange(coalitions.shape[1])).sum(1)
+
+
+def patch_shapley_early_stop(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seeds: torch.Tensor,
+    settled: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    budget: int = 512,
+    first_budget: int = 128,
+    grid: int = 4,
+    **game,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``leverage-gp`` maps ``[B, grid, grid]`` that stop early where the decision is settled.
+
+    Each image's design is the one ``patch_shapley`` draws from its seed, at budgets
+    ``first_budget``, twice that, ... up to ``budget``; the designs nest, so each stage
+    evaluates only the coalitions the image has not had yet. After each stage
+    ``settled(indices, maps, error_cov)`` says, from the estimate and its posterior error
+    covariance (``[b, n, n]``, the GP's per-unit covariance times the scale its residual
+    estimates), which images may stop. An image that never settles ends with the full
+    budget's design: its map is ``patch_shapley``'s. Returns the maps and the teacher
+    forwards each image cost. ``game``: the options of :func:`coalition_values`.
+    """
+    n = grid * grid
+    count = len(images)
+    known: list[dict[int, float]] = [{} for _ in range(count)]
+    maps = torch.zeros((count, n), dtype=torch.float64)
+    active = torch.arange(count)
+    stages = stage_budgets(first_budget, budget)
+    for stage, b in enumerate(stages):
+        designs = patch_designs(n, "leverage-gp", b, seeds[active], len(active))
+        keys = [_bitmask(d.coalitions).tolist() for d in designs]
+        rows = []  # the coalitions no earlier stage evaluated, once each
+        for j, (i, ks) in enumerate(zip(active.tolist(), keys, strict=True)):
+            for p, k in enumerate(ks):
+                if k not in known[i]:
+                    known[i][k] = float("nan")
+                    rows.append((j, p, i, k))
+        if rows:
+            values = coalition_values(
+                model,
+                images,
+                labels,
+                torch.tensor([i for _, _, i, _ in rows]),
+                torch.stack([designs[j].coalitions[p] for j, p, _, _ in rows]),
+                grid=grid,
+                **game,
+            )
+            for (_, _, i, k), value in zip(rows, values.tolist(), strict=True):
+                known[i][k] = value
+        phi, cov = [], []
+        for d, i, ks in zip(designs, active.tolist(), keys, strict=True):
+            v = torch.tensor([known[i][k] for k in ks], dtype=torch.float64)
+            phi.append(d.weights @ v)
+            cov.append(d.error_cov * (d.residual @ v).square().sum())
+        phi_t = torch.stack(phi)
+        maps[active] = phi_t
+        if stage == len(stages) - 1:
+            break
+        done = settled(active, phi_t.view(-1, grid, grid), torch.stack(cov))
+        active = active[~done]
+        if len(active) == 0:
+            break
+    forwards = torch.tensor([len(k) for k in known], dtype=torch.int64)
+    return maps.to(torch.float32).view(-1, grid, grid), forwards

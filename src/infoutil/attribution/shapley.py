@@ -58,6 +58,10 @@ class Design:
 
     coalitions: torch.Tensor  # bool [m, n]
     weights: torch.Tensor  # float64 [n, m]
+    # leverage-gp only: the estimate's error covariance per unit prior scale [n, n], and the
+    # whitened residual map [d, m] whose squared norm over d estimates that scale d times
+    error_cov: torch.Tensor | None = None
+    residual: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -394,10 +398,18 @@ def _odd_prior_tables(n: int, decay: float) -> tuple[torch.Tensor, torch.Tensor]
 
 def odd_gp_design(n: int, budget: int, g: torch.Generator, decay: float = GP_DECAY) -> Design:
     Z, _ = paired_coalitions(n, budget, g, leverage=True)
-    return Design(_with_ends(Z), odd_gp_weights(Z, decay))
+    weights, error_cov, residual = odd_gp_posterior(Z, decay)
+    return Design(_with_ends(Z), weights, error_cov, residual)
 
 
 def odd_gp_weights(Z: torch.Tensor, decay: float = GP_DECAY) -> torch.Tensor:
+    """The linear map ``[v(empty), v(full), v(Z_1..Z_M)] -> phi`` of the odd-part GP."""
+    return odd_gp_posterior(Z, decay)[0]
+
+
+def odd_gp_posterior(
+    Z: torch.Tensor, decay: float = GP_DECAY
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The linear map ``[v(empty), v(full), v(Z_1..Z_M)] -> phi`` of the odd-part GP.
 
     ``Z`` holds complementary pairs (rows 2k and 2k+1). In signs x = +1 (present) / -1, the
@@ -428,7 +440,31 @@ def odd_gp_weights(Z: torch.Tensor, decay: float = GP_DECAY) -> torch.Tensor:
     target = torch.zeros(m, dtype=torch.float64)
     target[0] = 2.0
     Phi += (target - Phi.sum(0)) / n
-    W = torch.zeros((n, Z.shape[0] + 2), dtype=torch.float64)
-    W[:, 1], W[:, 0] = Phi[:, 0] / 2, -Phi[:, 0] / 2
-    W[:, 2::2], W[:, 3::2] = Phi[:, 1:] / 2, -Phi[:, 1:] / 2
-    return W
+    # o = D v: the odd part from the evaluated values (full/empty first, then the pairs)
+    D = torch.zeros((m, Z.shape[0] + 2), dtype=torch.float64)
+    D[0, 1], D[0, 0] = 0.5, -0.5
+    rows = torch.arange(1, m)
+    D[rows, 2 * rows], D[rows, 2 * rows + 1] = 0.5, -0.5
+    W = Phi @ D
+    # The error phi_hat - phi = Phi r - s, with s the Shapley part of r (Cov(s, r) = G):
+    # Cov = Phi K Phi' - Phi G' - G Phi' + Cov(s), all per unit prior scale.
+    Phi_G = Phi @ G.T
+    cov = Phi @ K @ Phi.T - Phi_G - Phi_G.T + _odd_shapley_cov(n, decay)
+    # the scale from the GLS residual o - X beta, whitened: E|L^-1 (I - X B) o|^2 = (m - n) s^2
+    eye = torch.eye(m, dtype=torch.float64)
+    whiten = torch.linalg.solve_triangular(chol, eye - X @ B, upper=False)
+    residual = whiten @ D
+    dof = max(m - int(torch.linalg.matrix_rank(X)), 1)
+    return W, (cov + cov.T) / 2, residual / math.sqrt(dof)
+
+
+@functools.lru_cache(maxsize=16)
+def _odd_shapley_cov(n: int, decay: float) -> torch.Tensor:
+    """Prior covariance of the Shapley values' share from the odd orders >= 3:
+    phi_i gets (2/|T|) c_T from each T containing i."""
+    var = {d: decay ** ((d - 3) / 2) for d in range(3, n + 1, 2)}
+    diag = sum((2 / d) ** 2 * v * math.comb(n - 1, d - 1) for d, v in var.items())
+    off = sum((2 / d) ** 2 * v * math.comb(n - 2, d - 2) for d, v in var.items()) if n > 1 else 0
+    cov = torch.full((n, n), float(off), dtype=torch.float64)
+    cov.fill_diagonal_(float(diag))
+    return cov

@@ -178,12 +178,13 @@ def chunked_scores(
     *,
     desc: str,
     chunk_size: int = 64,
-    forwards_per_item: int = 0,
+    forwards_per_item: int | str = 0,
     fields: tuple[str, ...] = (),
 ) -> dict[str, torch.Tensor]:
     """Score ``candidates`` in fixed chunks, each saved when done; ranks split the chunks.
 
-    ``compute`` gets the slice of ``candidates`` it should score.
+    ``compute`` gets the slice of ``candidates`` it should score. ``forwards_per_item`` is the
+    teacher forwards each item costs, or the name of the field that counts them per item.
 
     Chunk ``i`` always holds candidates ``[i * chunk_size, (i + 1) * chunk_size)``, and any
     randomness inside ``compute`` is seeded per candidate, so the result does not depend on the
@@ -208,11 +209,15 @@ def chunked_scores(
                 tensors = compute(sl)
                 store.save(i, chunk, tensors)
                 fault_point(f"{desc}-chunk")
-                computed += len(chunk)
+                computed += (
+                    int(tensors[forwards_per_item].sum())
+                    if isinstance(forwards_per_item, str)
+                    else len(chunk) * forwards_per_item
+                )
             results[i] = tensors
             bar.update(len(chunk))
         bar.close()
-    mc.timer.count(desc, computed * forwards_per_item)
+    mc.timer.count(desc, computed)
     if mc.dist.active:
         merged: dict[int, dict[str, torch.Tensor]] = {}
         for part in mc.dist.all_gather_object(results):

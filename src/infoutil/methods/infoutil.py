@@ -16,7 +16,7 @@ import math
 import torch
 
 from infoutil.attribution.gradcam import gradcam_maps
-from infoutil.attribution.patch import patch_shapley
+from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import load_teacher
 from infoutil.methods.common import (
@@ -30,7 +30,13 @@ from infoutil.methods.common import (
     full_box,
 )
 from infoutil.runtime import derive_seed, generator
-from infoutil.selection.crops import crop_and_resize, informative_crops, noise_sigma, pool_map
+from infoutil.selection.crops import (
+    crop_and_resize,
+    informative_crops,
+    noise_sigma,
+    pool_map,
+    settled_crops,
+)
 from infoutil.selection.diagnostics import ScoredPatches
 from infoutil.selection.utility import UTILITY_RULES, ClassCrops, grad_norms_and_logits
 
@@ -48,11 +54,12 @@ def unique_crops(boxes: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def map_key(inf) -> dict:
-    """Everything an attribution map depends on besides the pool, the seed and the teacher."""
+def map_key(inf, kernel: int) -> dict:
+    """Everything an attribution map depends on besides the pool, the seed and the teacher
+    (``kernel``: the crop window, which decides where an early-stopped map stops)."""
     if inf.attribution != "shapley":
         return {"attribution": inf.attribution, "grid": inf.grid}
-    return dict(
+    key = dict(
         grid=inf.grid,
         estimator=inf.estimator,
         budget=inf.evaluations,
@@ -60,6 +67,15 @@ def map_key(inf) -> dict:
         target=inf.target,
         precision=inf.precision,
     )
+    if inf.early_stop_z is not None:  # the stop depends on how the crops are drawn too
+        key.update(
+            early_stop_z=inf.early_stop_z,
+            early_stop_from=inf.early_stop_from,
+            stop_kernel=kernel,
+            num_crops=inf.num_crops,
+            alpha=inf.alpha,
+        )
+    return key
 
 
 def window_kernel(inf, factor: int) -> int:
@@ -70,8 +86,9 @@ def window_kernel(inf, factor: int) -> int:
     return max(1, inf.grid // factor)
 
 
-def attribution_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tensor:
-    """``[N, grid, grid]``: where each candidate's class evidence lies, by the chosen method."""
+def attribution_maps(mc: MethodContext, candidates: torch.Tensor, kernel: int) -> torch.Tensor:
+    """``[N, grid, grid]``: where each candidate's class evidence lies, by the chosen method
+    (``kernel``: the crop window, which an early-stopped map needs to know)."""
     cfg, inf, model, labels = mc.cfg, mc.cfg.informativeness, mc.teacher.model, mc.train.targets
     if inf.attribution == "random":  # the control: a seeded random position per candidate
         return torch.stack(
@@ -86,29 +103,57 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tenso
         def compute(idx):
             return {"gradcam": gradcam_maps(model, mc.images(idx), labels[idx], inf.grid)}
     else:
-        per = inf.evaluations
+        per = inf.evaluations if inf.early_stop_z is None else "forwards"
+        game = dict(
+            grid=inf.grid,
+            baseline=inf.baseline,
+            target=inf.target,
+            batch_size=cfg.forward_batch_size,
+            precision=inf.precision,
+        )
 
         def compute(idx):
             seeds = torch.tensor([derive_seed("shapley", cfg.seed, int(i)) for i in idx])
-            maps = patch_shapley(
+            images, targets = mc.images(idx), labels[idx]
+            if inf.early_stop_z is None:
+                maps = patch_shapley(
+                    model,
+                    images,
+                    targets,
+                    estimator=inf.estimator,
+                    budget=inf.evaluations,
+                    seed=seeds,
+                    **game,
+                )
+                return {"shapley": maps}
+
+            def settled(rows, maps, error_cov):
+                return settled_crops(
+                    maps,
+                    error_cov,
+                    kernel=kernel,
+                    num_crops=inf.num_crops,
+                    alpha=inf.alpha,
+                    generators=[generator("crops", cfg.seed, int(idx[r])) for r in rows],
+                    z=inf.early_stop_z,
+                )
+
+            maps, forwards = patch_shapley_early_stop(
                 model,
-                mc.images(idx),
-                labels[idx],
-                grid=inf.grid,
-                baseline=inf.baseline,
-                target=inf.target,
-                estimator=inf.estimator,
-                budget=inf.evaluations,
-                seed=seeds,
-                batch_size=cfg.forward_batch_size,
-                precision=inf.precision,
+                images,
+                targets,
+                seeds,
+                settled,
+                budget=inf.budget,
+                first_budget=inf.early_stop_from,
+                **game,
             )
-            return {"shapley": maps}
+            return {"shapley": maps, "forwards": forwards}
 
     name = inf.attribution
     maps = chunked_scores(
         mc,
-        mc.store(name, seed=cfg.seed, **map_key(inf), **_pool_key(candidates, inf)),
+        mc.store(name, seed=cfg.seed, **map_key(inf, kernel), **_pool_key(candidates, inf)),
         candidates,
         lambda sl: compute(candidates[sl]),
         desc=name,
@@ -231,7 +276,7 @@ def select(mc: MethodContext) -> Selection:
     if whole_image:
         maps = torch.zeros((len(candidates), inf.grid, inf.grid))
     else:
-        maps = attribution_maps(mc, candidates)
+        maps = attribution_maps(mc, candidates, kernel)
     pooled = pool_map(maps, kernel)
     sigma = noise_sigma(pooled, inf.alpha, inf.noise_std)
 
@@ -251,7 +296,7 @@ def select(mc: MethodContext) -> Selection:
         return {"boxes": boxes, **scored(idx, boxes, keep)}
 
     utility_key = dict(
-        map_key(inf),
+        map_key(inf, kernel),
         **base_key,
         pool_kernel=kernel,
         num_crops=k,

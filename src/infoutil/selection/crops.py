@@ -37,17 +37,61 @@ def crop_cells(
     pooled: torch.Tensor, sigma: torch.Tensor, num_crops: int, generators: list[torch.Generator]
 ) -> torch.Tensor:
     """Pooled cells ``[B, num_crops]`` (row-major index): noisy argmaxes, then the clean one."""
-    b = pooled.shape[0]
-    flat = pooled.flatten(1)
-    cells = torch.empty((b, num_crops), dtype=torch.int64)
-    for i in range(b):
+    return crop_scores(pooled, sigma, num_crops, generators).argmax(2)  # the first maximum
+
+
+def crop_scores(
+    pooled: torch.Tensor, sigma: torch.Tensor, num_crops: int, generators: list[torch.Generator]
+) -> torch.Tensor:
+    """``[B, num_crops, cells]``: the pooled map each crop's argmax is taken over (noisy for
+    all but the last; one seeded noise draw per candidate)."""
+    flat = pooled.flatten(1).to(torch.float64)
+    out = flat[:, None, :].repeat(1, num_crops, 1)
+    for i in range(flat.shape[0]):
         noise = torch.randn(
             (num_crops - 1, flat.shape[1]), generator=generators[i], dtype=torch.float64
         )
-        noisy = flat[i][None, :] + sigma[i] * noise
-        cells[i, : num_crops - 1] = noisy.argmax(1)  # argmax returns the first maximum
-        cells[i, num_crops - 1] = flat[i].argmax()
-    return cells
+        out[i, : num_crops - 1] += sigma[i] * noise
+    return out
+
+
+def window_matrix(grid: int, kernel: int) -> torch.Tensor:
+    """``[cells, grid^2]``: each pooled cell as the mean of its window's patches."""
+    maps = torch.eye(grid * grid, dtype=torch.float64).view(-1, grid, grid)
+    return pool_map(maps, kernel).flatten(1).T.contiguous()
+
+
+def settled_crops(
+    maps: torch.Tensor,
+    error_cov: torch.Tensor,
+    *,
+    kernel: int,
+    num_crops: int,
+    alpha: float,
+    generators: list[torch.Generator],
+    z: float,
+) -> torch.Tensor:
+    """``[B]`` bool: no crop of the candidate can move within ``z`` standard errors.
+
+    ``maps`` ``[B, g, g]`` are estimates and ``error_cov`` ``[B, g^2, g^2]`` their error
+    covariance. Each crop's winning cell must lead every other cell by more than ``z`` times
+    the standard error of the two cells' difference. The noise scale is taken from the
+    estimate (per-image noise only), so its own error is not part of the bound.
+    """
+    grid = maps.shape[-1]
+    A = window_matrix(grid, kernel)  # [c, n]
+    pooled = maps.flatten(1).to(torch.float64) @ A.T  # [B, c]
+    cov = A @ error_cov.to(torch.float64) @ A.T  # [B, c, c]
+    sigma = noise_sigma(pooled, alpha, "per_image")
+    scores = crop_scores(pooled, sigma, num_crops, generators)  # [B, K, c]
+    winner = scores.argmax(2)  # [B, K]
+    lead = scores.gather(2, winner[..., None]) - scores  # [B, K, c]
+    var = cov.diagonal(dim1=1, dim2=2)  # [B, c]
+    w_var = var.gather(1, winner)[..., None]  # [B, K, 1]
+    w_cov = cov.gather(1, winner[..., None].expand(-1, -1, cov.shape[2]))  # [B, K, c]
+    sd = (w_var + var[:, None, :] - 2 * w_cov).clamp_min(0).sqrt()
+    others = torch.ones_like(lead, dtype=torch.bool).scatter_(2, winner[..., None], False)
+    return ((lead > z * sd) | ~others).all(2).all(1)
 
 
 def cell_boxes(cells: torch.Tensor, grid: int, kernel: int, height: int, width: int):

@@ -1,0 +1,217 @@
+"""InfoUtil's informativeness stage made cheap, route by route (issue "InfoUtil at RDED's speed").
+
+`routes`: N real training images (10 per class, seed 123, as `shapley_estimators.py`), the
+default's Shapley game (4x4 grid, zero baseline, true-class probability, leverage-gp) and the
+crop window of factor 2 (2x2 cells: quarter windows). Each route's time, teacher forwards and
+the agreement of its five crops (four noisy, one clean, drawn as `distill` draws them) with
+exact Shapley (all 65,536 coalitions, on the first `--exact-images` images, cached in blocks
+of 10), with leverage-gp at 4,096 evaluations (all images), and with today's stage (fp32, 512).
+
+`agreement`: a distilled set's crops against a reference run's (the same pool): for each
+selected patch, is its box the one the reference's maps give the same source and crop?
+
+    python benchmarks/informativeness_speed.py routes --teacher T --dataset cifar10 \\
+        --out benchmarks/results/informativeness_routes_cifar10.json
+    python benchmarks/informativeness_speed.py agreement --run OUT --reference REF
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop
+from infoutil.data import load_dataset, per_class_sample
+from infoutil.data.augment import to_float
+from infoutil.io.atomic import atomic_write_json
+from infoutil.io.checkpoint import load_teacher
+from infoutil.selection.crops import informative_crops, noise_sigma, pool_map, settled_crops
+
+KERNEL, CROPS, ALPHA = 2, 5, 2.0  # factor 2: quarter windows; the paper's 5 crops, alpha 2
+
+
+def crops_of(maps: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """The five crop boxes ``[B, 5, 4]`` of each map, noise drawn from the image's seed."""
+    sigma = noise_sigma(pool_map(maps, KERNEL), ALPHA, "per_image")
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    return informative_crops(
+        maps, sigma, kernel=KERNEL, num_crops=CROPS, generators=gens, height=32, width=32
+    )
+
+
+def agreement(boxes: torch.Tensor, reference: torch.Tensor) -> dict:
+    same = (boxes == reference).all(-1)  # [B, 5]
+    return {
+        "all_crops": round(float(same.double().mean()), 4),
+        "clean_crop": round(float(same[:, -1].double().mean()), 4),
+    }
+
+
+def cached(path: Path, compute) -> torch.Tensor:
+    if path.is_file():
+        return load_file(str(path))["maps"]
+    maps = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"maps": maps.contiguous()}, str(path))
+    return maps
+
+
+def routes(args) -> None:
+    torch.set_num_threads(args.threads)
+    teacher = load_teacher(args.teacher)
+    model = teacher.model
+    train = load_dataset(args.dataset, "train", args.data_root)
+    idx = per_class_sample(train.targets, train.info.num_classes, args.images // 10, seed=123)
+    x, y = to_float(train.get_batch(idx)), train.targets[idx]
+    seeds = torch.arange(len(idx)) + 1000  # per-image seeds, as distill derives them
+    cache = Path(args.cache)
+    tag = f"{args.dataset}-{teacher.weights_sha256[:12]}"
+
+    exact_blocks = []
+    for i in range(0, args.exact_images, 10):
+        block = slice(i, min(i + 10, args.exact_images))
+        exact_blocks.append(
+            cached(
+                cache / f"exact-{tag}-{i:05d}.safetensors",
+                lambda b=block: patch_shapley(
+                    model, x[b], y[b], estimator="exact", batch_size=4096, progress_bar=True
+                ),
+            )
+        )
+    exact = torch.cat(exact_blocks) if exact_blocks else torch.zeros(0, 4, 4)
+    near = cached(
+        cache / f"gp4096-{tag}-{len(idx)}.safetensors",
+        lambda: patch_shapley(model, x, y, budget=4096, seed=seeds + 10**6, batch_size=1024),
+    )
+    refs = {"exact": crops_of(exact, seeds[: len(exact)]), "gp4096": crops_of(near, seeds)}
+
+    def plain(budget, precision):
+        def run():
+            maps = patch_shapley(
+                model, x, y, budget=budget, seed=seeds, batch_size=512, precision=precision
+            )
+            return maps, torch.full((len(x),), budget)
+
+        return run
+
+    def early(z, precision, first=128, budget=512):
+        def run():
+            def settled(rows, maps, cov):
+                gens = [torch.Generator().manual_seed(int(seeds[r])) for r in rows]
+                return settled_crops(
+                    maps, cov, kernel=KERNEL, num_crops=CROPS, alpha=ALPHA, generators=gens, z=z
+                )
+
+            return patch_shapley_early_stop(
+                model,
+                x,
+                y,
+                seeds,
+                settled,
+                budget=budget,
+                first_budget=first,
+                batch_size=512,
+                precision=precision,
+            )
+
+        return run
+
+    table = [("fp32, 512 (today's stage)", plain(512, "fp32")), ("bf16, 512", plain(512, "bf16"))]
+    table += [("fp32, 256", plain(256, "fp32")), ("bf16, 256", plain(256, "bf16"))]
+    for z in args.z:
+        table += [(f"early stop z={z}, fp32", early(z, "fp32"))]
+        table += [(f"early stop z={z}, bf16", early(z, "bf16"))]
+    rows, today = [], None
+    for name, run in table:
+        t0 = time.perf_counter()
+        maps, forwards = run()
+        seconds = time.perf_counter() - t0
+        boxes = crops_of(maps.double(), seeds)
+        today = boxes if today is None else today
+        rows.append(
+            {
+                "route": name,
+                "seconds": round(seconds, 1),
+                "forwards_per_image": round(float(forwards.double().mean()), 1),
+                "vs_exact": agreement(boxes[: len(exact)], refs["exact"]),
+                "vs_gp4096": agreement(boxes, refs["gp4096"]),
+                "vs_today": agreement(boxes, today),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    report = {
+        "date": str(date.today()),
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "teacher": teacher.describe(),
+        "dataset": args.dataset,
+        "images": len(idx),
+        "exact_images": len(exact),
+        "window": "factor 2: 2x2 cells of the 4x4 grid",
+        "reference_gp4096_vs_exact": agreement(refs["gp4096"][: len(exact)], refs["exact"]),
+        "routes": rows,
+    }
+    atomic_write_json(Path(args.out), report)
+
+
+def compare(args) -> None:
+    run, ref = (
+        load_file(str(Path(args.run) / "scores.safetensors")),
+        load_file(str(Path(args.reference) / "scores.safetensors")),
+    )
+    row_of = {int(c): i for i, c in enumerate(ref["candidates"].tolist())}
+    rows = torch.tensor([row_of[int(c)] for c in run["candidates"].tolist()])
+    same = (run["boxes"] == ref["boxes"][rows]).all(-1)  # [N, 5]: the same source and crop
+    sel = run["selected"]
+    manifest = json.loads((Path(args.run) / "manifest.json").read_text())
+    reference = json.loads((Path(args.reference) / "manifest.json").read_text())
+
+    def patches(m):
+        return {(p["source"], tuple(p["box"])) for e in m["images"] for p in e["patches"]}
+
+    mine, theirs = patches(manifest), patches(reference)
+    report = {
+        "selected_patches": int(sel.sum()),
+        "selected_patch_agreement": round(float(same[sel].double().mean()), 4),
+        "all_crops_agreement": round(float(same.double().mean()), 4),
+        "clean_crop_agreement": round(float(same[:, -1].double().mean()), 4),
+        "candidates_mapped": len(rows),
+        "reference_candidates": len(ref["candidates"]),
+        "selection_overlap_with_reference": round(len(mine & theirs) / len(mine), 4),
+    }
+    print(json.dumps(report, indent=1))
+    if args.out:
+        atomic_write_json(Path(args.out), report)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("routes")
+    r.add_argument("--teacher", required=True)
+    r.add_argument("--dataset", default="cifar10")
+    r.add_argument("--data-root", default=None)
+    r.add_argument("--images", type=int, default=100)
+    r.add_argument("--exact-images", type=int, default=20)
+    r.add_argument("--z", type=float, nargs="+", default=[2.0, 3.0])
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--cache", default=".cache/informativeness-routes")
+    r.add_argument("--out", required=True)
+    a = sub.add_parser("agreement")
+    a.add_argument("--run", required=True)
+    a.add_argument("--reference", required=True)
+    a.add_argument("--out")
+    args = ap.parse_args()
+    {"routes": routes, "agreement": compare}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
