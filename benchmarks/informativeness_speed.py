@@ -13,6 +13,11 @@ selected patch, is its box the one the reference's maps give the same source and
     python benchmarks/informativeness_speed.py routes --teacher T --dataset cifar10 \\
         --out benchmarks/results/informativeness_routes_cifar10.json
     python benchmarks/informativeness_speed.py agreement --run OUT --reference REF
+    python benchmarks/informativeness_speed.py projection --out F.json
+
+`projection`: the measured per-image costs of a ResNet-18 teacher at 224 px on synthetic
+inputs (a masked forward, fp32 and bf16, and a per-sample gradient norm), from which
+BENCHMARKS.md projects ImageNet-1K IPC 10.
 """
 
 from __future__ import annotations
@@ -192,6 +197,57 @@ def compare(args) -> None:
         atomic_write_json(Path(args.out), report)
 
 
+def projection(args) -> None:
+    from infoutil.data import DatasetInfo
+    from infoutil.models import create_model
+    from infoutil.selection.utility import grad_norms_and_logits
+
+    torch.set_num_threads(args.threads)
+    info = DatasetInfo(
+        name="synthetic-imagenet",
+        channels=3,
+        image_size=224,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        class_names=tuple(str(i) for i in range(1000)),
+    )
+    model = create_model("resnet18", info).eval()
+    x = torch.rand(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(args.batch) % 1000
+    out = {
+        "date": str(date.today()),
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "batch": args.batch,
+    }
+
+    def best_of(fn, repeats=3):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    for precision in ("fp32", "bf16"):
+
+        def forward(precision=precision):
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+            with torch.inference_mode(), ctx:
+                model(x)
+
+        out[f"forward_{precision}_per_s"] = round(args.batch / best_of(forward), 2)
+    small = max(args.batch // 4, 1)
+    seconds = best_of(
+        lambda: grad_norms_and_logits(model, x[:small], y[:small], batch_size=small), 2
+    )
+    out["grad_norm_per_s"] = round(small / seconds, 2)
+    print(json.dumps(out, indent=1))
+    atomic_write_json(Path(args.out), out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -209,8 +265,12 @@ def main() -> None:
     a.add_argument("--run", required=True)
     a.add_argument("--reference", required=True)
     a.add_argument("--out")
+    j = sub.add_parser("projection")
+    j.add_argument("--threads", type=int, default=1)
+    j.add_argument("--batch", type=int, default=32)
+    j.add_argument("--out", required=True)
     args = ap.parse_args()
-    {"routes": routes, "agreement": compare}[args.what](args)
+    {"routes": routes, "agreement": compare, "projection": projection}[args.what](args)
 
 
 if __name__ == "__main__":

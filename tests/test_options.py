@@ -151,6 +151,13 @@ def test_a_whole_image_window_computes_no_map(run):
     assert "shapley_map" not in patch and patch["noise_free"]
 
 
+def test_a_shortlist_is_skipped_where_no_map_is_computed(run):
+    _, whole = run("k4", informativeness={"budget": 32, "pool_kernel": 4})
+    _, short = run("k4-shortlist", informativeness={"budget": 32, "pool_kernel": 4, "shortlist": 1})
+    assert torch.equal(short["candidates"], whole["candidates"])
+    assert torch.equal(short["selected"], whole["selected"])
+
+
 def test_the_patch_sized_window_follows_the_factor(run):
     _, one = run("patch1", informativeness={"budget": 32, "pool_kernel": None})
     assert (one["boxes"] == torch.tensor([0, 0, 28, 28])).all()  # factor 1: the whole image

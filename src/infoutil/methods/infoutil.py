@@ -239,7 +239,11 @@ def select(mc: MethodContext) -> Selection:
         crop_input=util.crop_input,
         utility_teacher=utility_model.weights_sha256,
     )
-    if inf.shortlist is not None:
+    # a window as large as the grid is the whole image wherever the map points: no map can
+    # move it, so none is computed (and none is recorded), and no shortlist is needed
+    kernel = window_kernel(inf, mc.factor)
+    whole_image = kernel == inf.grid
+    if inf.shortlist is not None and not whole_image:
         # a cheap first pass: the same rule on whole images keeps the candidates worth a map
         whole = torch.tensor([list(full_box(info))])
         first = chunked_scores(
@@ -269,10 +273,6 @@ def select(mc: MethodContext) -> Selection:
         ]
         candidates = candidates[torch.cat(kept).sort().values]
 
-    # a window as large as the grid is the whole image wherever the map points: no map can
-    # move it, so none is computed (and none is recorded)
-    kernel = window_kernel(inf, mc.factor)
-    whole_image = kernel == inf.grid
     if whole_image:
         maps = torch.zeros((len(candidates), inf.grid, inf.grid))
     else:
