@@ -315,7 +315,7 @@ def test_the_gp_error_bound_is_calibrated_on_games_from_its_prior():
     for seed in range(150):
         v = prior_game(n, g, scale)
         truth = shapley_values(v, n, estimator="exact")
-        design = make_design(n, "leverage-gp", 48, torch.Generator().manual_seed(seed))
+        design = make_design(n, "leverage-gp", 48, torch.Generator().manual_seed(seed), True)
         values = v(design.coalitions)
         err = design.weights @ values - truth
         z_known.append(err / (design.error_cov.diagonal() * scale**2).sqrt())
@@ -327,5 +327,5 @@ def test_the_gp_error_bound_is_calibrated_on_games_from_its_prior():
 
 
 def test_the_gp_error_vanishes_where_the_design_is_complete():
-    design = make_design(8, "leverage-gp", 256, torch.Generator().manual_seed(0))
+    design = make_design(8, "leverage-gp", 256, torch.Generator().manual_seed(0), error=True)
     assert float(design.error_cov.abs().max()) < 1e-6

@@ -147,15 +147,20 @@ def coalition_values(
 
 
 def patch_designs(
-    n: int, estimator: str, budget: int | None, seed: int | torch.Tensor, count: int
+    n: int,
+    estimator: str,
+    budget: int | None,
+    seed: int | torch.Tensor,
+    count: int,
+    error: bool = False,
 ) -> list[Design]:
     """One design shared by all images (an int seed) or one per image (a tensor of seeds)."""
     if isinstance(seed, torch.Tensor):
         return [
-            make_design(n, estimator, budget, torch.Generator().manual_seed(int(s)))
+            make_design(n, estimator, budget, torch.Generator().manual_seed(int(s)), error)
             for s in seed.tolist()
         ]
-    shared = make_design(n, estimator, budget, torch.Generator().manual_seed(int(seed)))
+    shared = make_design(n, estimator, budget, torch.Generator().manual_seed(int(seed)), error)
     return [shared] * count
 
 
@@ -248,7 +253,7 @@ def patch_shapley_early_stop(
     active = torch.arange(count)
     stages = stage_budgets(first_budget, budget)
     for stage, b in enumerate(stages):
-        designs = patch_designs(n, "leverage-gp", b, seeds[active], len(active))
+        designs = patch_designs(n, "leverage-gp", b, seeds[active], len(active), error=True)
         keys = [_bitmask(d.coalitions).tolist() for d in designs]
         rows = []  # the coalitions no earlier stage evaluated, once each
         for j, (i, ks) in enumerate(zip(active.tolist(), keys, strict=True)):

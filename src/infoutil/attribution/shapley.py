@@ -110,14 +110,17 @@ def check_budget(n: int, estimator: str, budget: int | None) -> int:
     return budget
 
 
-def make_design(n: int, estimator: str, budget: int | None, generator: torch.Generator) -> Design:
+def make_design(
+    n: int, estimator: str, budget: int | None, generator: torch.Generator, error: bool = False
+) -> Design:
+    """``error``: leverage-gp only, also the estimate's error covariance (``Design.error_cov``)."""
     budget = check_budget(n, estimator, budget)
     if estimator == "exact" or n == 1:
         return exact_design(n)
     if estimator == "permutation":
         return permutation_design(n, budget, generator)
     if estimator == "leverage-gp":
-        return odd_gp_design(n, budget, generator)
+        return odd_gp_design(n, budget, generator, error=error)
     return regression_design(n, budget, generator, leverage=(estimator == "leverage"))
 
 
@@ -396,10 +399,11 @@ def _odd_prior_tables(n: int, decay: float) -> tuple[torch.Tensor, torch.Tensor]
     return torch.tensor(cov, dtype=torch.float64), torch.tensor(phi, dtype=torch.float64)
 
 
-def odd_gp_design(n: int, budget: int, g: torch.Generator, decay: float = GP_DECAY) -> Design:
+def odd_gp_design(
+    n: int, budget: int, g: torch.Generator, decay: float = GP_DECAY, error: bool = False
+) -> Design:
     Z, _ = paired_coalitions(n, budget, g, leverage=True)
-    weights, error_cov, residual = odd_gp_posterior(Z, decay)
-    return Design(_with_ends(Z), weights, error_cov, residual)
+    return Design(_with_ends(Z), *odd_gp_posterior(Z, decay, error))
 
 
 def odd_gp_weights(Z: torch.Tensor, decay: float = GP_DECAY) -> torch.Tensor:
@@ -407,9 +411,7 @@ def odd_gp_weights(Z: torch.Tensor, decay: float = GP_DECAY) -> torch.Tensor:
     return odd_gp_posterior(Z, decay)[0]
 
 
-def odd_gp_posterior(
-    Z: torch.Tensor, decay: float = GP_DECAY
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def odd_gp_posterior(Z: torch.Tensor, decay: float = GP_DECAY, error: bool = False) -> tuple:
     """The linear map ``[v(empty), v(full), v(Z_1..Z_M)] -> phi`` of the odd-part GP.
 
     ``Z`` holds complementary pairs (rows 2k and 2k+1). In signs x = +1 (present) / -1, the
@@ -417,7 +419,8 @@ def odd_gp_posterior(
     Fourier terms of odd order >= 3. Shapley values are linear in the odd Fourier coefficients:
     phi_i = 2 beta_i + sum_{T containing i, |T| odd >= 3} (2/|T|) c_T. With a flat prior on
     beta and r a Gaussian process, the posterior mean is a generalised least-squares fit of beta
-    plus kriging of r, both linear in the observed o.
+    plus kriging of r, both linear in the observed o. With ``error``, also the error
+    covariance per unit prior scale and the whitened residual map that estimates the scale.
     """
     n = Z.shape[1]
     X = torch.cat([torch.ones((1, n), dtype=torch.float64), Z[0::2].to(torch.float64) * 2 - 1])
@@ -446,6 +449,8 @@ def odd_gp_posterior(
     rows = torch.arange(1, m)
     D[rows, 2 * rows], D[rows, 2 * rows + 1] = 0.5, -0.5
     W = Phi @ D
+    if not error:
+        return (W,)
     # The error phi_hat - phi = Phi r - s, with s the Shapley part of r (Cov(s, r) = G):
     # Cov = Phi K Phi' - Phi G' - G Phi' + Cov(s), all per unit prior scale.
     Phi_G = Phi @ G.T
