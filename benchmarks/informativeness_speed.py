@@ -180,7 +180,7 @@ def compare(args) -> None:
     reference = json.loads((Path(args.reference) / "manifest.json").read_text())
 
     def patches(m):
-        return {(p["source"], tuple(p["box"])) for e in m["images"] for p in e["patches"]}
+        return {(p["source_index"], tuple(p["box"])) for e in m["images"] for p in e["patches"]}
 
     mine, theirs = patches(manifest), patches(reference)
     report = {

@@ -240,16 +240,11 @@ def test_a_budget_too_small_is_refused_when_the_config_is_built(fmnist_teacher, 
             DistillConfig,
             {"dataset": "fashion-mnist", "ipc": 1, "informativeness": {"pool_kernel": 5}},
         )
-    for bad, why in (
-        ({"early_stop_z": 3, "estimator": "leverage"}, "needs the leverage-gp estimator"),
-        ({"early_stop_z": 3, "noise_std": "global"}, "use noise_std: per_image"),
-        ({"early_stop_z": 3, "early_stop_from": 1024}, "early_stop_from 1024 is above"),
-        ({"early_stop_z": 3, "early_stop_from": 8}, "budget 8 is too small"),
-    ):
-        with pytest.raises(UserError, match=why):
-            build_config(
-                DistillConfig, {"dataset": "fashion-mnist", "ipc": 1, "informativeness": bad}
-            )
+    with pytest.raises(UserError, match="budget 8 is too small"):
+        build_config(
+            DistillConfig,
+            {"dataset": "fashion-mnist", "ipc": 1, "informativeness": {"early_stop_from": 8}},
+        )
     proc = run_cli(
         *fmnist_distill(fmnist_teacher),
         "--ipc",

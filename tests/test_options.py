@@ -129,6 +129,19 @@ def test_a_shortlist_maps_only_the_candidates_the_rule_prefers_whole(run):
     assert manifest["config"]["informativeness"]["shortlist"] == 1.5
 
 
+def test_the_speed_routes_are_on_by_default_and_off_in_the_paper_recipe():
+    from infoutil.config import DistillConfig
+
+    default = DistillConfig(dataset="cifar10", ipc=10).informativeness
+    assert default.shortlist == 1.0 and default.stops_early and default.precision == "fp32"
+    paper = DistillConfig(dataset="cifar10", ipc=10, recipe="paper").informativeness
+    assert paper.shortlist is None and not paper.stops_early
+    # only leverage-gp has the error bound; per-image noise lets a candidate decide alone
+    for other in ({"estimator": "leverage"}, {"noise_std": "global"}, {"budget": 128}):
+        cfg = DistillConfig(dataset="cifar10", ipc=10, informativeness=other)
+        assert not cfg.informativeness.stops_early
+
+
 def test_an_early_stop_costs_fewer_forwards_and_keeps_the_window(run):
     """At factor 2 (quarter windows) the maps stop between 32 and 64 evaluations."""
     options = dict(factor=2, ipc=1, candidates_per_class=4)

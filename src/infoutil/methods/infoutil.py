@@ -67,7 +67,7 @@ def map_key(inf, kernel: int) -> dict:
         target=inf.target,
         precision=inf.precision,
     )
-    if inf.early_stop_z is not None:  # the stop depends on how the crops are drawn too
+    if inf.stops_early:  # where a map stops depends on how the crops are drawn too
         key.update(
             early_stop_z=inf.early_stop_z,
             early_stop_from=inf.early_stop_from,
@@ -103,7 +103,7 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor, kernel: int) -
         def compute(idx):
             return {"gradcam": gradcam_maps(model, mc.images(idx), labels[idx], inf.grid)}
     else:
-        per = inf.evaluations if inf.early_stop_z is None else "forwards"
+        per = "forwards" if inf.stops_early else inf.evaluations
         game = dict(
             grid=inf.grid,
             baseline=inf.baseline,
@@ -115,7 +115,7 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor, kernel: int) -
         def compute(idx):
             seeds = torch.tensor([derive_seed("shapley", cfg.seed, int(i)) for i in idx])
             images, targets = mc.images(idx), labels[idx]
-            if inf.early_stop_z is None:
+            if not inf.stops_early:
                 maps = patch_shapley(
                     model,
                     images,
