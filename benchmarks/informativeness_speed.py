@@ -128,11 +128,14 @@ def routes(args) -> None:
 
         return run
 
-    table = [("fp32, 512 (today's stage)", plain(512, "fp32")), ("bf16, 512", plain(512, "bf16"))]
-    table += [("fp32, 256", plain(256, "fp32")), ("bf16, 256", plain(256, "bf16"))]
+    table = [("fp32, 512 (today's stage)", plain(512, "fp32"))]
+    if not args.early_only:
+        table += [("bf16, 512", plain(512, "bf16"))]
+        table += [("fp32, 256", plain(256, "fp32")), ("bf16, 256", plain(256, "bf16"))]
     for z in args.z:
-        table += [(f"early stop z={z}, fp32", early(z, "fp32"))]
-        table += [(f"early stop z={z}, bf16", early(z, "bf16"))]
+        for first in args.first:
+            at = "" if first == 128 else f" from {first}"
+            table += [(f"early stop z={z}{at}, {p}", early(z, p, first)) for p in args.precisions]
     rows, today = [], None
     for name, run in table:
         t0 = time.perf_counter()
@@ -257,7 +260,10 @@ def main() -> None:
     r.add_argument("--data-root", default=None)
     r.add_argument("--images", type=int, default=100)
     r.add_argument("--exact-images", type=int, default=20)
-    r.add_argument("--z", type=float, nargs="+", default=[2.0, 3.0])
+    r.add_argument("--z", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    r.add_argument("--first", type=int, nargs="+", default=[128], help="first stage budgets")
+    r.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    r.add_argument("--early-only", action="store_true", help="today's stage and the early stops")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--cache", default=".cache/informativeness-routes")
     r.add_argument("--out", required=True)

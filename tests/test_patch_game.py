@@ -122,17 +122,22 @@ def test_an_early_stopped_map_is_the_map_of_the_stage_it_stopped_at(game, stop_a
     coalitions of its last stage, not the sum over stages."""
     model, x, y = game
     seeds = torch.tensor([11, 12, 13, 14])
-    stages = []
+    stages, calls = [], {}
 
     def settled(rows, maps, error_cov):
         assert error_cov.shape == (len(rows), 16, 16)
         stages.append(len(rows))
-        return torch.full((len(rows),), len(stages) - 1 == stop_at)
+        group = int(rows.min()) // 3  # which group of 3 images this stage belongs to
+        calls[group] = calls.get(group, -1) + 1
+        return torch.full((len(rows),), calls[group] == stop_at)
 
     maps, forwards = patch_shapley_early_stop(
-        model, x, y, seeds, settled, budget=256, first_budget=64
+        model, x, y, seeds, settled, budget=256, first_budget=64, group=3
     )
     last = 256 if stop_at is None else (64, 128)[stop_at]
     assert torch.equal(maps, patch_shapley(model, x, y, budget=last, seed=seeds))
     assert forwards.tolist() == [last] * 4
-    assert stages == ([4, 4] if stop_at is None else [4] * (stop_at + 1))
+    # groups of 3 and 1 images: each runs its own stages
+    assert stages == (
+        [3, 3, 1, 1] if stop_at is None else [3] * (stop_at + 1) + [1] * (stop_at + 1)
+    )

@@ -233,6 +233,7 @@ def patch_shapley_early_stop(
     budget: int = 512,
     first_budget: int = 128,
     grid: int = 4,
+    group: int = 16,
     **game,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``leverage-gp`` maps ``[B, grid, grid]`` that stop early where the decision is settled.
@@ -245,7 +246,36 @@ def patch_shapley_early_stop(
     estimates), which images may stop. An image that never settles ends with the full
     budget's design: its map is ``patch_shapley``'s. Returns the maps and the teacher
     forwards each image cost. ``game``: the options of :func:`coalition_values`.
+
+    Images go through in groups of ``group``: a design with its error terms is 1 MB at 512
+    evaluations, so a group bounds the memory while its forwards still fill large batches.
     """
+    maps, forwards = [], []
+    for start in range(0, len(images), group):
+        part = slice(start, start + group)
+
+        def settled_here(rows, estimate, error_cov, start=start):
+            return settled(rows + start, estimate, error_cov)
+
+        m, f = _early_stop_group(
+            model,
+            images[part],
+            labels[part],
+            seeds[part],
+            settled_here,
+            budget=budget,
+            first_budget=first_budget,
+            grid=grid,
+            **game,
+        )
+        maps.append(m)
+        forwards.append(f)
+    if not maps:
+        return torch.zeros((0, grid, grid)), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(maps), torch.cat(forwards)
+
+
+def _early_stop_group(model, images, labels, seeds, settled, *, budget, first_budget, grid, **game):
     n = grid * grid
     count = len(images)
     known: list[dict[int, float]] = [{} for _ in range(count)]
