@@ -129,16 +129,18 @@ def test_a_shortlist_maps_only_the_candidates_the_rule_prefers_whole(run):
     assert manifest["config"]["informativeness"]["shortlist"] == 1.5
 
 
-def test_the_speed_routes_are_on_by_default_and_off_in_the_paper_recipe():
+def test_the_speed_routes_are_opt_in_and_the_early_stop_applies_where_it_can():
     from infoutil.config import DistillConfig
 
     default = DistillConfig(dataset="cifar10", ipc=10).informativeness
-    assert default.shortlist == 1.0 and default.stops_early and default.precision == "fp32"
+    assert default.shortlist is None and not default.stops_early and default.precision == "fp32"
+    on = {"early_stop_z": 1.5}
+    assert DistillConfig(dataset="cifar10", ipc=10, informativeness=on).informativeness.stops_early
     paper = DistillConfig(dataset="cifar10", ipc=10, recipe="paper").informativeness
     assert paper.shortlist is None and not paper.stops_early
     # only leverage-gp has the error bound; per-image noise lets a candidate decide alone
     for other in ({"estimator": "leverage"}, {"noise_std": "global"}, {"budget": 128}):
-        cfg = DistillConfig(dataset="cifar10", ipc=10, informativeness=other)
+        cfg = DistillConfig(dataset="cifar10", ipc=10, informativeness={**on, **other})
         assert not cfg.informativeness.stops_early
 
 

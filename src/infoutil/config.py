@@ -84,13 +84,13 @@ class InformativenessConfig(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     # maps only for a shortlist: per class, the shortlist x (k x IPC) candidates the utility
     # rule prefers as whole images (one forward and one gradient each); None: every candidate
-    # (ours, the default since issue "InfoUtil at RDED's speed": 1; skipped where the window
-    # is the whole image, so nothing changes at factor 1)
-    shortlist: float | None = Field(1.0, gt=0)
-    # ours (default 1.5): a candidate's map stops early once none of its crops can move within
-    # z standard errors of the leverage-gp posterior (budgets early_stop_from, doubling, up to
-    # the budget); leverage-gp with per-image noise only, other estimators spend the budget
-    early_stop_z: float | None = Field(1.5, gt=0)
+    # (ours; skipped where the window is the whole image). Opt-in: at factor 2 it changes which
+    # candidates are chosen, and one of two measured sets fell outside the seed std
+    shortlist: float | None = Field(None, gt=0)
+    # ours: a candidate's map stops early once none of its crops can move within z standard
+    # errors of the leverage-gp posterior (budgets early_stop_from, doubling, up to the
+    # budget); leverage-gp with per-image noise only, other estimators spend the budget
+    early_stop_z: float | None = Field(None, gt=0)
     early_stop_from: int = Field(128, ge=1)
 
     @property
