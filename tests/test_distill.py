@@ -243,7 +243,11 @@ def test_a_budget_too_small_is_refused_when_the_config_is_built(fmnist_teacher, 
     with pytest.raises(UserError, match="budget 8 is too small"):
         build_config(
             DistillConfig,
-            {"dataset": "fashion-mnist", "ipc": 1, "informativeness": {"early_stop_from": 8}},
+            {
+                "dataset": "fashion-mnist",
+                "ipc": 1,
+                "informativeness": {"early_stop_z": 1.5, "early_stop_from": 8},
+            },
         )
     proc = run_cli(
         *fmnist_distill(fmnist_teacher),
