@@ -443,12 +443,7 @@ def odd_gp_posterior(Z: torch.Tensor, decay: float = GP_DECAY, error: bool = Fal
     target = torch.zeros(m, dtype=torch.float64)
     target[0] = 2.0
     Phi += (target - Phi.sum(0)) / n
-    # o = D v: the odd part from the evaluated values (full/empty first, then the pairs)
-    D = torch.zeros((m, Z.shape[0] + 2), dtype=torch.float64)
-    D[0, 1], D[0, 0] = 0.5, -0.5
-    rows = torch.arange(1, m)
-    D[rows, 2 * rows], D[rows, 2 * rows + 1] = 0.5, -0.5
-    W = Phi @ D
+    W = _on_values(Phi)
     if not error:
         return (W,)
     # The error phi_hat - phi = Phi r - s, with s the Shapley part of r (Cov(s, r) = G):
@@ -458,9 +453,18 @@ def odd_gp_posterior(Z: torch.Tensor, decay: float = GP_DECAY, error: bool = Fal
     # the scale from the GLS residual o - X beta, whitened: E|L^-1 (I - X B) o|^2 = (m - n) s^2
     eye = torch.eye(m, dtype=torch.float64)
     whiten = torch.linalg.solve_triangular(chol, eye - X @ B, upper=False)
-    residual = whiten @ D
+    residual = _on_values(whiten)
     dof = max(m - int(torch.linalg.matrix_rank(X)), 1)
     return W, (cov + cov.T) / 2, residual / math.sqrt(dof)
+
+
+def _on_values(M: torch.Tensor) -> torch.Tensor:
+    """A map ``[r, m]`` over the odd part o as one over the evaluated values ``[r, 2m]``:
+    o_0 = (v(full) - v(empty)) / 2, then o_k = (v(Z_2k-1) - v(Z_2k)) / 2 for each pair."""
+    out = torch.zeros((M.shape[0], 2 * M.shape[1]), dtype=M.dtype)
+    out[:, 1], out[:, 0] = M[:, 0] / 2, -M[:, 0] / 2
+    out[:, 2::2], out[:, 3::2] = M[:, 1:] / 2, -M[:, 1:] / 2
+    return out
 
 
 @functools.lru_cache(maxsize=16)
