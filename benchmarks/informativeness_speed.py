@@ -42,12 +42,13 @@ from infoutil.selection.crops import informative_crops, noise_sigma, pool_map, s
 KERNEL, CROPS, ALPHA = 2, 5, 2.0  # factor 2: quarter windows; the paper's 5 crops, alpha 2
 
 
-def crops_of(maps: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-    """The five crop boxes ``[B, 5, 4]`` of each map, noise drawn from the image's seed."""
+def crops_of(maps: torch.Tensor, seeds: torch.Tensor, size: int) -> torch.Tensor:
+    """The five crop boxes ``[B, 5, 4]`` of each map on ``size``-px images, noise drawn from
+    the image's seed."""
     sigma = noise_sigma(pool_map(maps, KERNEL), ALPHA, "per_image")
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     return informative_crops(
-        maps, sigma, kernel=KERNEL, num_crops=CROPS, generators=gens, height=32, width=32
+        maps, sigma, kernel=KERNEL, num_crops=CROPS, generators=gens, height=size, width=size
     )
 
 
@@ -95,7 +96,11 @@ def routes(args) -> None:
         cache / f"gp4096-{tag}-{len(idx)}.safetensors",
         lambda: patch_shapley(model, x, y, budget=4096, seed=seeds + 10**6, batch_size=1024),
     )
-    refs = {"exact": crops_of(exact, seeds[: len(exact)]), "gp4096": crops_of(near, seeds)}
+    size = x.shape[-1]
+    refs = {
+        "exact": crops_of(exact, seeds[: len(exact)], size),
+        "gp4096": crops_of(near, seeds, size),
+    }
 
     def plain(budget, precision):
         def run():
@@ -141,7 +146,7 @@ def routes(args) -> None:
         t0 = time.perf_counter()
         maps, forwards = run()
         seconds = time.perf_counter() - t0
-        boxes = crops_of(maps.double(), seeds)
+        boxes = crops_of(maps.double(), seeds, size)
         today = boxes if today is None else today
         rows.append(
             {
