@@ -7,6 +7,11 @@ the agreement of its five crops (four noisy, one clean, drawn as `distill` draws
 exact Shapley (all 65,536 coalitions, on the first `--exact-images` images, cached in blocks
 of 10), with leverage-gp at 4,096 evaluations (all images), and with today's stage (fp32, 512).
 
+`--fastshap PER_CLASS:COALITIONS:EPOCHS:PRECISION` adds the amortised explainer: trained on
+PER_CLASS other training images a class (not the benchmark's), then three forwards per image.
+
+`--plain BUDGET:PRECISION` adds per-image leverage-gp at other budgets (equal-cost comparisons).
+
 `agreement`: a distilled set's crops against a reference run's (the same pool): for each
 selected patch, is its box the one the reference's maps give the same source and crop?
 
@@ -32,7 +37,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop
+from infoutil.attribution.amortized import explain, fit_explainer, kernel_coalitions
+from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop, patch_values
 from infoutil.data import load_dataset, per_class_sample
 from infoutil.data.augment import to_float
 from infoutil.io.atomic import atomic_write_json
@@ -52,7 +58,9 @@ def crops_of(maps: torch.Tensor, seeds: torch.Tensor, size: int) -> torch.Tensor
     )
 
 
-def agreement(boxes: torch.Tensor, reference: torch.Tensor) -> dict:
+def agreement(boxes: torch.Tensor, reference: torch.Tensor) -> dict | None:
+    if len(reference) == 0:
+        return None
     same = (boxes == reference).all(-1)  # [B, 5]
     return {
         "all_crops": round(float(same.double().mean()), 4),
@@ -133,11 +141,58 @@ def routes(args) -> None:
 
         return run
 
+    def amortized(per_class, coalitions, epochs, precision):
+        """FastSHAP: trained on ``per_class`` other training images a class, as `distill`
+        trains it on part of its pool, then three forwards per benchmark image."""
+
+        def run():
+            t0 = time.perf_counter()
+            fit = per_class_sample(train.targets, train.info.num_classes, per_class + 10, seed=7)
+            fit = fit[~torch.isin(fit, idx)]
+            fit = torch.cat(
+                [fit[train.targets[fit] == c][:per_class] for c in range(train.info.num_classes)]
+            )
+            xf, yf = to_float(train.get_batch(fit)), train.targets[fit]
+            g = torch.Generator().manual_seed(7)
+            drawn = torch.stack([kernel_coalitions(16, coalitions, g) for _ in fit])
+            rows = torch.cat([ends.expand(len(fit), 2, 16), drawn], 1)
+            game = dict(grid=4, batch_size=512, precision=precision)
+            v = patch_values(model, xf, yf, rows, **game).double()
+            t1 = time.perf_counter()
+            explainer = fit_explainer(
+                model, xf, yf, drawn, v[:, 2:], v[:, 0], v[:, 1],
+                num_classes=train.info.num_classes, grid=4, epochs=epochs, seed=7,
+            )  # fmt: skip
+            t2 = time.perf_counter()
+            e = patch_values(model, x, y, ends.expand(len(x), 2, 16), **game)
+            maps = explain(explainer, x, y, e[:, 0], e[:, 1])
+            split[name] = {
+                "training_images": len(fit),
+                "training_forwards": int(rows.shape[0] * rows.shape[1]),
+                "evaluations_s": round(t1 - t0, 1),
+                "training_s": round(t2 - t1, 1),
+                "prediction_s": round(time.perf_counter() - t2, 1),
+            }
+            return maps, torch.full((len(x),), 3)
+
+        name = f"fastshap {per_class}/class x {coalitions}, {epochs} epochs, {precision}"
+        return name, run
+
+    ends = torch.stack([torch.zeros(16, dtype=torch.bool), torch.ones(16, dtype=torch.bool)])
+    split: dict[str, dict] = {}
     table = [("fp32, 512 (today's stage)", plain(512, "fp32"))]
-    if not args.early_only:
+    for spec in args.plain:
+        budget, precision = spec.split(":")
+        table.append((f"{precision}, {budget}", plain(int(budget), precision)))
+    for spec in args.fastshap:
+        per_class, coalitions, epochs, precision = spec.split(":")
+        table.append(amortized(int(per_class), int(coalitions), int(epochs), precision))
+    if args.fastshap_only:
+        pass
+    elif not args.early_only:
         table += [("bf16, 512", plain(512, "bf16"))]
         table += [("fp32, 256", plain(256, "fp32")), ("bf16, 256", plain(256, "bf16"))]
-    for z in args.z:
+    for z in [] if args.fastshap_only else args.z:
         for first in args.first:
             at = "" if first == 128 else f" from {first}"
             table += [(f"early stop z={z}{at}, {p}", early(z, p, first)) for p in args.precisions]
@@ -156,6 +211,10 @@ def routes(args) -> None:
                 "vs_exact": agreement(boxes[: len(exact)], refs["exact"]),
                 "vs_gp4096": agreement(boxes, refs["gp4096"]),
                 "vs_today": agreement(boxes, today),
+                "relative_squared_error_vs_gp4096": round(
+                    float((maps.double() - near).square().sum() / near.square().sum()), 4
+                ),
+                **split.get(name, {}),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -269,6 +328,21 @@ def main() -> None:
     r.add_argument("--first", type=int, nargs="+", default=[128], help="first stage budgets")
     r.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     r.add_argument("--early-only", action="store_true", help="today's stage and the early stops")
+    r.add_argument(
+        "--fastshap",
+        nargs="*",
+        default=[],
+        metavar="PER_CLASS:COALITIONS:EPOCHS:PRECISION",
+        help="amortised explainer routes, e.g. 50:64:10:bf16",
+    )
+    r.add_argument(
+        "--plain",
+        nargs="*",
+        default=[],
+        metavar="BUDGET:PRECISION",
+        help="more per-image leverage-gp routes, e.g. 128:bf16",
+    )
+    r.add_argument("--fastshap-only", action="store_true", help="today's stage and FastSHAP")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--cache", default=".cache/informativeness-routes")
     r.add_argument("--out", required=True)

@@ -36,6 +36,12 @@ def test_forward_backward(arch, shape):
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert model.features(x).shape == (2, model.fc.in_features)
+    spatial = model.spatial_features(x)  # the map the features are pooled or flattened from
+    assert spatial.dim() == 4 and spatial.shape[0] == 2
+    if arch.startswith("convnet"):
+        assert torch.equal(spatial.flatten(1), model.features(x))
+    else:
+        assert torch.allclose(spatial.mean((2, 3)), model.features(x), atol=1e-5)
 
 
 def test_resnet_stems():

@@ -200,3 +200,46 @@ def test_the_default_recipe_is_the_studys_leader(run):
     assert [e["patches"][0]["source_index"] for e in manifest["images"]] == [
         e["patches"][0]["source_index"] for e in spelled["images"]
     ]
+
+
+FASTSHAP = {"attribution": "fastshap", "fastshap": {"images_per_class": 3, "coalitions": 8}}
+
+
+def test_fastshap_trains_on_part_of_the_pool_and_maps_every_candidate(run):
+    manifest, fast = run(
+        "fastshap", informativeness={**FASTSHAP, "fastshap": {**FASTSHAP["fastshap"], "epochs": 2}}
+    )
+    assert "fastshap" in fast and "shapley" not in fast
+    assert fast["fastshap"].shape == (60, 4, 4) and torch.isfinite(fast["fastshap"]).all()
+    stages = {s["stage"]: s["teacher_forwards"] for s in manifest["run_stats"]["stages"]}
+    # 3 candidates a class, 8 coalitions and both ends each; then 3 forwards per candidate
+    assert stages["fastshap evaluations"] == 10 * 3 * (8 + 2)
+    assert stages["fastshap"] == 60 * 3 and "fastshap explainer" in stages
+    _, base = run("base")
+    assert not torch.equal(fast["boxes"], base["boxes"])
+
+
+def test_a_second_fastshap_run_reuses_the_trained_explainer(fmnist_teacher, data_root, tmp_path):
+    runs = []
+    for name in ("first", "second"):
+        cfg = small_config(
+            informativeness={**FASTSHAP, "fastshap": {**FASTSHAP["fastshap"], "epochs": 3}}
+        )
+        distill(cfg, fmnist_teacher, tmp_path / name, data_root=str(data_root), progress=False)
+        stats = json.loads((tmp_path / name / "run_stats.json").read_text())
+        runs.append(
+            (
+                [s["stage"] for s in stats["stages"]],
+                load_file(str(tmp_path / name / "scores.safetensors")),
+            )
+        )
+    assert "fastshap explainer" in runs[0][0] and "fastshap explainer" not in runs[1][0]
+    assert torch.equal(runs[0][1]["fastshap"], runs[1][1]["fastshap"])
+
+
+def test_fastshap_refuses_unpaired_coalitions():
+    from infoutil.config import DistillConfig
+    from infoutil.errors import UserError
+
+    with pytest.raises(UserError, match="even"):
+        DistillConfig(dataset="cifar10", ipc=1, informativeness={"fastshap": {"coalitions": 7}})

@@ -163,11 +163,15 @@ class ScoreStore:
         return tensors
 
     def save(self, chunk: int, candidates: torch.Tensor, tensors: dict[str, torch.Tensor]):
+        self.save_tensors(self._path(chunk).name, {"candidates": candidates, **tensors})
+
+    def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        """``name`` in the store, atomically, beside the key it was computed under."""
         if not (self.dir / "key.json").is_file():
             from infoutil.io.atomic import atomic_write_bytes
 
             atomic_write_bytes(self.dir / "key.json", self.key.encode())
-        atomic_save_tensors(self._path(chunk), {"candidates": candidates, **tensors})
+        atomic_save_tensors(self.dir / name, tensors)
 
 
 def chunked_scores(

@@ -14,9 +14,11 @@ import hashlib
 import math
 
 import torch
+from safetensors.torch import load_file
 
+from infoutil.attribution.amortized import PatchExplainer, explain, fit_explainer, kernel_coalitions
 from infoutil.attribution.gradcam import gradcam_maps
-from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop
+from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop, patch_values
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import load_teacher
 from infoutil.methods.common import (
@@ -57,16 +59,11 @@ def unique_crops(boxes: torch.Tensor) -> torch.Tensor:
 def map_key(inf, kernel: int) -> dict:
     """Everything an attribution map depends on besides the pool, the seed and the teacher
     (``kernel``: the crop window, which decides where an early-stopped map stops)."""
+    if inf.attribution == "fastshap":
+        return dict(attribution="fastshap", **_game(inf), **inf.fastshap.model_dump())
     if inf.attribution != "shapley":
         return {"attribution": inf.attribution, "grid": inf.grid}
-    key = dict(
-        grid=inf.grid,
-        estimator=inf.estimator,
-        budget=inf.evaluations,
-        baseline=inf.baseline,
-        target=inf.target,
-        precision=inf.precision,
-    )
+    key = dict(**_game(inf), estimator=inf.estimator, budget=inf.evaluations)
     if inf.stops_early:  # where a map stops depends on how the crops are drawn too
         key.update(
             early_stop_z=inf.early_stop_z,
@@ -76,6 +73,11 @@ def map_key(inf, kernel: int) -> dict:
             alpha=inf.alpha,
         )
     return key
+
+
+def _game(inf) -> dict:
+    """The patch game's options (``attribution.patch.coalition_values``)."""
+    return dict(grid=inf.grid, baseline=inf.baseline, target=inf.target, precision=inf.precision)
 
 
 def window_kernel(inf, factor: int) -> int:
@@ -90,6 +92,8 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor, kernel: int) -
     """``[N, grid, grid]``: where each candidate's class evidence lies, by the chosen method
     (``kernel``: the crop window, which an early-stopped map needs to know)."""
     cfg, inf, model, labels = mc.cfg, mc.cfg.informativeness, mc.teacher.model, mc.train.targets
+    if inf.attribution == "fastshap":
+        return amortized_maps(mc, candidates)
     if inf.attribution == "random":  # the control: a seeded random position per candidate
         return torch.stack(
             [
@@ -104,13 +108,7 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor, kernel: int) -
             return {"gradcam": gradcam_maps(model, mc.images(idx), labels[idx], inf.grid)}
     else:
         per = "forwards" if inf.stops_early else inf.evaluations
-        game = dict(
-            grid=inf.grid,
-            baseline=inf.baseline,
-            target=inf.target,
-            batch_size=cfg.forward_batch_size,
-            precision=inf.precision,
-        )
+        game = dict(**_game(inf), batch_size=cfg.forward_batch_size)
 
         def compute(idx):
             seeds = torch.tensor([derive_seed("shapley", cfg.seed, int(i)) for i in idx])
@@ -161,6 +159,90 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor, kernel: int) -
     )[name]
     check_finite(maps, f"{name} maps", mc.teacher)
     return maps
+
+
+def amortized_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tensor:
+    """``[N, grid, grid]`` FastSHAP maps: an explainer trained on the masked evaluations of a
+    seeded sample of each class's candidates, then three forwards per candidate (``v`` of
+    the full and the empty coalition, and the explainer's)."""
+    cfg, inf, model, labels = mc.cfg, mc.cfg.informativeness, mc.teacher.model, mc.train.targets
+    am, n = inf.fastshap, inf.grid**2
+    game = dict(**_game(inf), batch_size=cfg.forward_batch_size)
+    key = dict(seed=cfg.seed, **map_key(inf, 0), **_pool_key(candidates, inf))
+    ends = torch.stack([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
+    fit_ids = []
+    for c in range(mc.train.info.num_classes):
+        rows = candidates[labels[candidates] == c]
+        order = torch.randperm(len(rows), generator=generator("fastshap-fit", cfg.seed, c))
+        fit_ids.append(rows[order[: am.images_per_class]])
+    fit_ids = torch.cat(fit_ids).sort().values
+
+    def evaluate(idx):
+        drawn = [
+            kernel_coalitions(n, am.coalitions, generator("fastshap", cfg.seed, int(i)))
+            for i in idx
+        ]
+        rows = torch.cat([ends.expand(len(idx), 2, n), torch.stack(drawn)], 1)
+        return {
+            "coalitions": rows,
+            "values": patch_values(model, mc.images(idx), labels[idx], rows, **game),
+        }
+
+    fitted = chunked_scores(
+        mc,
+        mc.store("fastshap-evaluations", **key),
+        fit_ids,
+        lambda sl: evaluate(fit_ids[sl]),
+        desc="fastshap evaluations",
+        forwards_per_item=am.coalitions + 2,
+    )
+    explainer = _trained_explainer(mc, mc.store("fastshap-explainer", **key), fit_ids, fitted)
+
+    def compute(idx):
+        images, targets = mc.images(idx), labels[idx]
+        ends_v = patch_values(model, images, targets, ends.expand(len(idx), 2, n), **game)
+        return {"fastshap": explain(explainer, images, targets, ends_v[:, 0], ends_v[:, 1])}
+
+    maps = chunked_scores(
+        mc,
+        mc.store("fastshap", **key),
+        candidates,
+        lambda sl: compute(candidates[sl]),
+        desc="fastshap",
+        forwards_per_item=3,
+    )["fastshap"]
+    check_finite(maps, "fastshap maps", mc.teacher)
+    return maps
+
+
+def _trained_explainer(mc: MethodContext, store, fit_ids, fitted) -> PatchExplainer:
+    """The run's explainer: loaded where a previous run saved it, else trained and saved."""
+    inf, info = mc.cfg.informativeness, mc.train.info
+    path = store.dir / "explainer.safetensors"
+    shape = (info.channels, info.image_size, info.image_size)
+    if path.is_file():
+        explainer = PatchExplainer(mc.teacher.model, info.num_classes, inf.grid, shape)
+        explainer.load_state_dict(load_file(str(path), device=str(mc.device)))
+        return explainer.eval()
+    values = fitted["values"].double()
+    with mc.timer.stage("fastshap explainer"):
+        explainer = fit_explainer(
+            mc.teacher.model,
+            mc.images(fit_ids),
+            mc.train.targets[fit_ids],
+            fitted["coalitions"][:, 2:],
+            values[:, 2:],
+            values[:, 0],
+            values[:, 1],
+            num_classes=info.num_classes,
+            grid=inf.grid,
+            epochs=inf.fastshap.epochs,
+            lr=inf.fastshap.lr,
+            seed=derive_seed("fastshap-explainer", mc.cfg.seed),
+            progress_bar=mc.progress,
+        )
+    store.save_tensors(path.name, explainer.state_dict())
+    return explainer
 
 
 def select(mc: MethodContext) -> Selection:

@@ -57,6 +57,10 @@ class Classifier(nn.Module):
         """Penultimate features [B, D] (the input to the final linear layer ``net.fc``)."""
         return self.net.forward_features(self.normalize(x))
 
+    def spatial_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map [B, C, h, w], before pooling or flattening."""
+        return self.net.spatial_features(self.normalize(x))
+
     @property
     def fc(self) -> nn.Linear:
         return self.net.fc

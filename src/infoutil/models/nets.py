@@ -1,7 +1,9 @@
 """Networks in plain ``torch.nn``: ConvNet-D, ResNet-18/50/101, MobileNet-V2.
 
 Every network exposes ``forward_features(x) -> [B, D]`` and a final linear layer ``fc``, so the
-last-layer gradient norm and the coreset baselines can use the penultimate features.
+last-layer gradient norm and the coreset baselines can use the penultimate features, and
+``spatial_features(x) -> [B, C, h, w]``, the last feature map before it is pooled or flattened
+(what an amortised explainer reads, ``attribution.amortized``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.feature_dim = width * size * size
         self.fc = nn.Linear(self.feature_dim, num_classes)
+
+    def spatial_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).flatten(1)
@@ -130,8 +135,11 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def spatial_features(self, x):
+        return self.layers(self.stem(x))
+
     def forward_features(self, x):
-        return self.pool(self.layers(self.stem(x))).flatten(1)
+        return self.pool(self.spatial_features(x)).flatten(1)
 
     def forward(self, x):
         return self.fc(self.forward_features(x))
@@ -201,6 +209,9 @@ class MobileNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = 1280
         self.fc = nn.Linear(1280, num_classes)
+
+    def spatial_features(self, x):
+        return self.features(x)
 
     def forward_features(self, x):
         return self.pool(self.features(x)).flatten(1)

@@ -81,7 +81,7 @@ def candidates_figure(scores: dict, info, path: Path, max_rows: int = 10) -> Non
         k = scores["sample"].tolist().index(pos)
         img = scores["sample_images"][k].permute(1, 2, 0).numpy()
         img = img[:, :, 0] if img.shape[2] == 1 else img
-        attribution = next(a for a in ("shapley", "gradcam", "random") if a in scores)
+        attribution = next(a for a in ("shapley", "fastshap", "gradcam", "random") if a in scores)
         smap = scores[attribution][pos].numpy()
         pooled = scores["pooled"][pos].numpy()
         size = img.shape[0]
