@@ -166,6 +166,14 @@ def test_a_whole_image_window_computes_no_map(run):
     assert "shapley_map" not in patch and patch["noise_free"]
 
 
+def test_whole_image_scores_are_reused_whatever_the_map_settings(run):
+    _, whole = run("k4", informativeness={"budget": 32, "pool_kernel": 4})
+    manifest, other = run("k4-budget64", informativeness={"budget": 64, "pool_kernel": 4})
+    utility = next(s for s in manifest["run_stats"]["stages"] if s["stage"] == "utility")
+    assert utility["teacher_forwards"] == 0  # every chunk came from the first run's store
+    assert torch.equal(other["grad_norm"].nan_to_num(), whole["grad_norm"].nan_to_num())
+
+
 def test_a_shortlist_is_skipped_where_no_map_is_computed(run):
     _, whole = run("k4", informativeness={"budget": 32, "pool_kernel": 4})
     _, short = run("k4-shortlist", informativeness={"budget": 32, "pool_kernel": 4, "shortlist": 1})

@@ -378,7 +378,8 @@ def select(mc: MethodContext) -> Selection:
         return {"boxes": boxes, **scored(idx, boxes, keep)}
 
     utility_key = dict(
-        map_key(inf, kernel),
+        # no map moves a whole-image crop, so the map's settings do not key its scores
+        {} if whole_image else map_key(inf, kernel),
         **base_key,
         pool_kernel=kernel,
         num_crops=k,
