@@ -50,3 +50,17 @@ def test_the_explainer_learns_an_additive_game_on_unseen_images():
     uniform = efficient(torch.zeros(64, 4), truth[held].sum(1))
     err = (maps.flatten(1) - truth[held]).square().sum()
     assert err < 0.2 * (uniform - truth[held]).square().sum()  # far better than no map
+
+
+def test_a_loader_trains_the_same_explainer_as_a_tensor():
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(20, 1, 16, 16, generator=g)
+    labels = torch.randint(0, 2, (20,), generator=g)
+    z = torch.stack([kernel_coalitions(4, 4, g) for _ in range(20)])
+    values, empty, full = torch.rand(20, 4, generator=g), torch.zeros(20), torch.ones(20)
+    teacher = Classifier(ConvNet(1, 2, 16, depth=3, width=8), (0.5,), (0.25,))
+    fit = dict(num_classes=2, grid=2, epochs=2, seed=3, batch_size=8)
+    a = fit_explainer(teacher, images, labels, z, values, empty, full, **fit)
+    b = fit_explainer(teacher, lambda rows: images[rows], labels, z, values, empty, full, **fit)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name

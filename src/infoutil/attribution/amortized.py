@@ -21,6 +21,7 @@ and a 1x1 convolution to one map per class, averaged onto the ``grid x grid`` ce
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,7 @@ def efficient(phi: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
 
 def fit_explainer(
     teacher: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     labels: torch.Tensor,
     coalitions: torch.Tensor,
     values: torch.Tensor,
@@ -87,25 +88,30 @@ def fit_explainer(
 ) -> PatchExplainer:
     """Train an explainer on ``values`` ``[N, M]`` of ``coalitions`` ``[N, M, n]`` of ``images``
     ``[N, C, H, W]`` (``empty``, ``full``: ``v`` of the empty and the full coalition ``[N]``).
+    ``images`` may instead load the rows it is given, so a large training set is never held
+    in memory whole.
 
     Adam with a cosine schedule, ``epochs`` passes in a seeded order, the last epoch's weights.
     """
+    load = images if callable(images) else images.__getitem__
+    first = load(torch.zeros(1, dtype=torch.long))
     with torch.random.fork_rng(devices=[]):  # the head's initial weights come from the seed
         torch.manual_seed(seed)
-        explainer = PatchExplainer(teacher, num_classes, grid, images.shape[1:])
+        explainer = PatchExplainer(teacher, num_classes, grid, first.shape[1:])
     explainer.train()
     opt = torch.optim.Adam(explainer.parameters(), lr=lr)
-    steps = epochs * -(-len(images) // batch_size)
+    count = len(labels)
+    steps = epochs * -(-count // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     g = torch.Generator().manual_seed(seed)
-    device = images.device
+    device = first.device
     z = coalitions.float().to(device)
     gain = (values - empty[:, None]).float().to(device)
     total = (full - empty).float().to(device)
     bar = progress(total=steps, desc="explainer", unit="step", enabled=progress_bar)
     for _ in range(epochs):
-        for rows in torch.randperm(len(images), generator=g).split(batch_size):
-            phi = efficient(explainer(images[rows], labels[rows].to(device)), total[rows])
+        for rows in torch.randperm(count, generator=g).split(batch_size):
+            phi = efficient(explainer(load(rows), labels[rows].to(device)), total[rows])
             loss = (gain[rows] - torch.einsum("bmn,bn->bm", z[rows], phi)).square().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -228,7 +228,7 @@ def _trained_explainer(mc: MethodContext, store, fit_ids, fitted) -> PatchExplai
     with mc.timer.stage("fastshap explainer"):
         explainer = fit_explainer(
             mc.teacher.model,
-            mc.images(fit_ids),
+            lambda rows: mc.images(fit_ids[rows]),  # a batch at a time: any pool size fits
             mc.train.targets[fit_ids],
             fitted["coalitions"][:, 2:],
             values[:, 2:],
