@@ -37,8 +37,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from infoutil.attribution.amortized import explain, fit_explainer, kernel_coalitions
-from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop, patch_values
+from infoutil.attribution.amortized import (
+    explained_maps,
+    fit_explainer,
+    kernel_coalitions,
+    training_values,
+)
+from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop
 from infoutil.data import load_dataset, per_class_sample
 from infoutil.data.augment import to_float
 from infoutil.io.atomic import atomic_write_json
@@ -155,17 +160,16 @@ def routes(args) -> None:
             xf, yf = to_float(train.get_batch(fit)), train.targets[fit]
             g = torch.Generator().manual_seed(7)
             drawn = torch.stack([kernel_coalitions(16, coalitions, g) for _ in fit])
-            rows = torch.cat([ends.expand(len(fit), 2, 16), drawn], 1)
             game = dict(grid=4, batch_size=512, precision=precision)
-            v = patch_values(model, xf, yf, rows, **game).double()
+            rows, v = training_values(model, xf, yf, drawn, **game)
+            v = v.double()
             t1 = time.perf_counter()
             explainer = fit_explainer(
                 model, xf, yf, drawn, v[:, 2:], v[:, 0], v[:, 1],
                 num_classes=train.info.num_classes, grid=4, epochs=epochs, seed=7,
             )  # fmt: skip
             t2 = time.perf_counter()
-            e = patch_values(model, x, y, ends.expand(len(x), 2, 16), **game)
-            maps = explain(explainer, x, y, e[:, 0], e[:, 1])
+            maps = explained_maps(explainer, model, x, y, **game)
             split[name] = {
                 "training_images": len(fit),
                 "training_forwards": int(rows.shape[0] * rows.shape[1]),
@@ -178,7 +182,6 @@ def routes(args) -> None:
         name = f"fastshap {per_class}/class x {coalitions}, {epochs} epochs, {precision}"
         return name, run
 
-    ends = torch.stack([torch.zeros(16, dtype=torch.bool), torch.ones(16, dtype=torch.bool)])
     split: dict[str, dict] = {}
     table = [("fp32, 512 (today's stage)", plain(512, "fp32"))]
     for spec in args.plain:

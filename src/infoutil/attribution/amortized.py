@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infoutil.attribution.patch import patch_values
+from infoutil.attribution.shapley import with_ends
 from infoutil.runtime import progress
 
 
@@ -138,3 +140,20 @@ def explain(
         out.append(efficient(phi, (full[rows] - empty[rows]).float()))
     g = explainer.grid
     return torch.cat(out).view(-1, g, g)
+
+
+def training_values(model, images, labels, drawn: torch.Tensor, **game):
+    """The coalitions an explainer learns from, ``[B, 2 + M, n]``: the empty and the full one,
+    then each image's ``drawn`` ``[B, M, n]``; and their values ``[B, 2 + M]`` under the teacher
+    (``game``: the options of ``patch.coalition_values``)."""
+    rows = torch.stack([with_ends(z) for z in drawn])
+    return rows, patch_values(model, images, labels, rows, **game)
+
+
+def explained_maps(explainer: PatchExplainer, model, images, labels, **game) -> torch.Tensor:
+    """The explainer's maps ``[B, grid, grid]``, made efficient with ``v(full)`` and
+    ``v(empty)`` from the teacher: three forwards an image."""
+    n = explainer.grid**2
+    ends = with_ends(torch.zeros((0, n), dtype=torch.bool))
+    v = patch_values(model, images, labels, ends.expand(len(images), 2, n), **game)
+    return explain(explainer, images, labels, v[:, 0], v[:, 1])

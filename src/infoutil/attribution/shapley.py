@@ -344,7 +344,7 @@ def paired_coalitions(
     return Z, w
 
 
-def _with_ends(Z: torch.Tensor) -> torch.Tensor:
+def with_ends(Z: torch.Tensor) -> torch.Tensor:
     """The empty and the full coalition (rows 0 and 1), then ``Z``."""
     n = Z.shape[1]
     return torch.cat(
@@ -354,7 +354,7 @@ def _with_ends(Z: torch.Tensor) -> torch.Tensor:
 
 def regression_design(n: int, budget: int, g: torch.Generator, leverage: bool) -> Design:
     Z, w = paired_coalitions(n, budget, g, leverage)
-    return Design(_with_ends(Z), projected_wls_weights(Z, w))
+    return Design(with_ends(Z), projected_wls_weights(Z, w))
 
 
 def projected_wls_weights(Z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -403,7 +403,7 @@ def odd_gp_design(
     n: int, budget: int, g: torch.Generator, decay: float = GP_DECAY, error: bool = False
 ) -> Design:
     Z, _ = paired_coalitions(n, budget, g, leverage=True)
-    return Design(_with_ends(Z), *odd_gp_posterior(Z, decay, error))
+    return Design(with_ends(Z), *odd_gp_posterior(Z, decay, error))
 
 
 def odd_gp_weights(Z: torch.Tensor, decay: float = GP_DECAY) -> torch.Tensor:

@@ -16,9 +16,15 @@ import math
 import torch
 from safetensors.torch import load_file
 
-from infoutil.attribution.amortized import PatchExplainer, explain, fit_explainer, kernel_coalitions
+from infoutil.attribution.amortized import (
+    PatchExplainer,
+    explained_maps,
+    fit_explainer,
+    kernel_coalitions,
+    training_values,
+)
 from infoutil.attribution.gradcam import gradcam_maps
-from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop, patch_values
+from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import load_teacher
 from infoutil.methods.common import (
@@ -169,7 +175,6 @@ def amortized_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tensor:
     am, n = inf.fastshap, inf.grid**2
     game = dict(**_game(inf), batch_size=cfg.forward_batch_size)
     key = dict(seed=cfg.seed, **map_key(inf, 0), **_pool_key(candidates, inf))
-    ends = torch.stack([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
     fit_ids = []
     for c in range(mc.train.info.num_classes):
         rows = candidates[labels[candidates] == c]
@@ -182,11 +187,8 @@ def amortized_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tensor:
             kernel_coalitions(n, am.coalitions, generator("fastshap", cfg.seed, int(i)))
             for i in idx
         ]
-        rows = torch.cat([ends.expand(len(idx), 2, n), torch.stack(drawn)], 1)
-        return {
-            "coalitions": rows,
-            "values": patch_values(model, mc.images(idx), labels[idx], rows, **game),
-        }
+        rows, values = training_values(model, mc.images(idx), labels[idx], drawn, **game)
+        return {"coalitions": rows, "values": values}
 
     fitted = chunked_scores(
         mc,
@@ -199,9 +201,7 @@ def amortized_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tensor:
     explainer = _trained_explainer(mc, mc.store("fastshap-explainer", **key), fit_ids, fitted)
 
     def compute(idx):
-        images, targets = mc.images(idx), labels[idx]
-        ends_v = patch_values(model, images, targets, ends.expand(len(idx), 2, n), **game)
-        return {"fastshap": explain(explainer, images, targets, ends_v[:, 0], ends_v[:, 1])}
+        return {"fastshap": explained_maps(explainer, model, mc.images(idx), labels[idx], **game)}
 
     maps = chunked_scores(
         mc,
