@@ -7,6 +7,7 @@ import torch
 
 from infoutil.attribution.patch import (
     baseline_images,
+    compiled_teacher,
     patch_index_map,
     patch_shapley,
     patch_shapley_early_stop,
@@ -16,6 +17,7 @@ from infoutil.attribution.patch import (
 from infoutil.attribution.shapley import shapley_values
 from infoutil.data import load_dataset
 from infoutil.data.augment import to_float
+from infoutil.errors import UserError
 from infoutil.io.checkpoint import load_teacher
 
 
@@ -141,3 +143,19 @@ def test_an_early_stopped_map_is_the_map_of_the_stage_it_stopped_at(game, stop_a
     assert stages == (
         [3, 3, 1, 1] if stop_at is None else [3] * (stop_at + 1) + [1] * (stop_at + 1)
     )
+
+
+def test_a_machine_that_cannot_compile_is_refused_in_one_line(game, monkeypatch, tmp_path):
+    import torch._dynamo
+    import torch._inductor.config as inductor
+
+    model, x, _ = game
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing compiled to reuse
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
+    torch._dynamo.reset()
+    try:
+        with pytest.raises(UserError, match="informativeness.compile: false"):
+            compiled_teacher(model, x[:2])
+    finally:
+        torch._dynamo.reset()

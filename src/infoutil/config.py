@@ -105,6 +105,10 @@ class InformativenessConfig(Strict):
     noise_std: Literal["per_image", "global"] = "per_image"  # ours: std of each image's map
     dedupe: bool = True  # ours: identical (image, box) crops are scored once
     precision: Literal["fp32", "bf16"] = "fp32"
+    # ours: the masked forwards through torch.compile (inductor), about twice as fast on one
+    # CPU thread for 10-20 s of compiling; opt-in: it needs a C++ compiler, and its numbers
+    # differ from eager ones in the last bits, as bf16's do (BENCHMARKS.md)
+    compile: bool = False
     # maps only for a shortlist: per class, the shortlist x (k x IPC) candidates the utility
     # rule prefers as whole images (one forward and one gradient each); None: every candidate
     # (ours; skipped where the window is the whole image). Opt-in: at factor 2 it changes which

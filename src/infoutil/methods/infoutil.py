@@ -24,7 +24,7 @@ from infoutil.attribution.amortized import (
     training_values,
 )
 from infoutil.attribution.gradcam import gradcam_maps
-from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop
+from infoutil.attribution.patch import compiled_teacher, patch_shapley, patch_shapley_early_stop
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import load_teacher
 from infoutil.methods.common import (
@@ -66,10 +66,13 @@ def map_key(inf, kernel: int) -> dict:
     """Everything an attribution map depends on besides the pool, the seed and the teacher
     (``kernel``: the crop window, which decides where an early-stopped map stops)."""
     if inf.attribution == "fastshap":
-        return dict(attribution="fastshap", **_game(inf), **inf.fastshap.model_dump())
+        key = dict(attribution="fastshap", **_game(inf), **inf.fastshap.model_dump())
+        return key | ({"compile": True} if inf.compile else {})
     if inf.attribution != "shapley":
         return {"attribution": inf.attribution, "grid": inf.grid}
     key = dict(**_game(inf), estimator=inf.estimator, budget=inf.evaluations)
+    if inf.compile:  # named only when on, so that eager maps keep their cache keys
+        key["compile"] = True
     if inf.stops_early:  # where a map stops depends on how the crops are drawn too
         key.update(
             early_stop_z=inf.early_stop_z,
@@ -84,6 +87,23 @@ def map_key(inf, kernel: int) -> dict:
 def _game(inf) -> dict:
     """The patch game's options (``attribution.patch.coalition_values``)."""
     return dict(grid=inf.grid, baseline=inf.baseline, target=inf.target, precision=inf.precision)
+
+
+def masked_teacher(mc: MethodContext, candidates: torch.Tensor):
+    """A function giving the teacher the masked forwards go through: compiled where the config
+    asks, on two candidates at the first call, so that a run whose maps are cached compiles
+    nothing."""
+    inf, built = mc.cfg.informativeness, []
+
+    def teacher() -> torch.nn.Module:
+        if not built:
+            model = mc.teacher.model
+            if inf.compile:
+                model = compiled_teacher(model, mc.images(candidates[:2]), inf.precision)
+            built.append(model)
+        return built[0]
+
+    return teacher
 
 
 def window_kernel(inf, factor: int) -> int:
@@ -115,13 +135,14 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor, kernel: int) -
     else:
         per = "forwards" if inf.stops_early else inf.evaluations
         game = dict(**_game(inf), batch_size=cfg.forward_batch_size)
+        masked = masked_teacher(mc, candidates)
 
         def compute(idx):
             seeds = torch.tensor([derive_seed("shapley", cfg.seed, int(i)) for i in idx])
             images, targets = mc.images(idx), labels[idx]
             if not inf.stops_early:
                 maps = patch_shapley(
-                    model,
+                    masked(),
                     images,
                     targets,
                     estimator=inf.estimator,
@@ -143,7 +164,7 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor, kernel: int) -
                 )
 
             maps, forwards = patch_shapley_early_stop(
-                model,
+                masked(),
                 images,
                 targets,
                 seeds,
@@ -171,9 +192,10 @@ def amortized_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tensor:
     """``[N, grid, grid]`` FastSHAP maps: an explainer trained on the masked evaluations of a
     seeded sample of each class's candidates, then three forwards per candidate (``v`` of
     the full and the empty coalition, and the explainer's)."""
-    cfg, inf, model, labels = mc.cfg, mc.cfg.informativeness, mc.teacher.model, mc.train.targets
+    cfg, inf, labels = mc.cfg, mc.cfg.informativeness, mc.train.targets
     am, n = inf.fastshap, inf.grid**2
     game = dict(**_game(inf), batch_size=cfg.forward_batch_size)
+    masked = masked_teacher(mc, candidates)
     key = dict(seed=cfg.seed, **map_key(inf, 0), **_pool_key(candidates, inf))
     fit_ids = []
     for c in range(mc.train.info.num_classes):
@@ -187,7 +209,7 @@ def amortized_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tensor:
             kernel_coalitions(n, am.coalitions, generator("fastshap", cfg.seed, int(i)))
             for i in idx
         ]
-        rows, values = training_values(model, mc.images(idx), labels[idx], drawn, **game)
+        rows, values = training_values(masked(), mc.images(idx), labels[idx], drawn, **game)
         return {"coalitions": rows, "values": values}
 
     fitted = chunked_scores(
@@ -201,7 +223,8 @@ def amortized_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tensor:
     explainer = _trained_explainer(mc, mc.store("fastshap-explainer", **key), fit_ids, fitted)
 
     def compute(idx):
-        return {"fastshap": explained_maps(explainer, model, mc.images(idx), labels[idx], **game)}
+        maps = explained_maps(explainer, masked(), mc.images(idx), labels[idx], **game)
+        return {"fastshap": maps}
 
     maps = chunked_scores(
         mc,
