@@ -210,6 +210,9 @@ def test_the_default_recipe_is_the_studys_leader(run):
     assert "shapley" not in scores and (scores["boxes"] == torch.tensor([0, 0, 28, 28])).all()
     sel = manifest["diagnostics"]["selected"]["overall"]
     assert sel["distinct_sources"] == sel["patches"] == 20 and sel["mean_area"] == 1.0
+    # the cluster rule's features: one forward per distinct crop, one (whole) crop per candidate
+    stages = {s["stage"]: s["teacher_forwards"] for s in manifest["run_stats"]["stages"]}
+    assert stages["selection rule"] == len(scores["candidates"])
     # the same set as the study's variant spelled out on the paper's recipe
     spelled, again = run(
         "k4-cluster-best",

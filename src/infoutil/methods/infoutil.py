@@ -268,6 +268,9 @@ def _trained_explainer(mc: MethodContext, store, fit_ids, fitted) -> PatchExplai
     return explainer
 
 
+RULE_STAGE = "selection rule"  # the utility rule itself (the cluster rule's features)
+
+
 def select(mc: MethodContext) -> Selection:
     cfg, inf, util = mc.cfg, mc.cfg.informativeness, mc.cfg.utility
     train, judge, info = mc.train, mc.teacher, mc.train.info
@@ -321,13 +324,18 @@ def select(mc: MethodContext) -> Selection:
             out[name] = full.view(keep.shape)
         return out
 
+    def embedded(pool: ScoredPatches, rows: torch.Tensor):
+        # the cluster rule's features cost a forward per crop: timed and counted as a stage
+        mc.timer.count(RULE_STAGE, len(rows))
+        return _last_layer(utility_model.model, crops_of, pool, rows)
+
     def keep_by_rule(c: int, rows: torch.Tensor, pool: ScoredPatches, norms, count: int):
         crops = ClassCrops(
             score=norms[rows],
             correct=pool.pred[rows] == c,
             source=pool.source[rows],
             generator=generator("utility-rule", cfg.seed, c),
-            embed=lambda: _last_layer(utility_model.model, crops_of, pool, rows),
+            embed=lambda: embedded(pool, rows),
         )
         rule = UTILITY_RULES[util.select]
         extra = dict(
@@ -366,16 +374,17 @@ def select(mc: MethodContext) -> Selection:
         )
         images = _scored_pool(candidates, labels, whole.expand(len(candidates), 1, 4), first)
         count = math.ceil(inf.shortlist * need)
-        kept = [
-            keep_by_rule(
-                c,
-                torch.nonzero(images.label == c).flatten(),
-                images,
-                first["grad_norm"].flatten(),
-                count,
-            )
-            for c in range(info.num_classes)
-        ]
+        with mc.timer.stage(RULE_STAGE):
+            kept = [
+                keep_by_rule(
+                    c,
+                    torch.nonzero(images.label == c).flatten(),
+                    images,
+                    first["grad_norm"].flatten(),
+                    count,
+                )
+                for c in range(info.num_classes)
+            ]
         candidates = candidates[torch.cat(kept).sort().values]
 
     if whole_image:
@@ -434,9 +443,10 @@ def select(mc: MethodContext) -> Selection:
     pool = _scored_pool(candidates, labels, boxes, crops).take(flat)
     ranked = []
     for c in range(info.num_classes):
-        picked = keep_by_rule(
-            c, torch.nonzero(pool.label == c).flatten(), pool, norms.flatten()[flat], need
-        )
+        with mc.timer.stage(RULE_STAGE):
+            picked = keep_by_rule(
+                c, torch.nonzero(pool.label == c).flatten(), pool, norms.flatten()[flat], need
+            )
         if len(picked) < need:
             raise UserError(
                 f"class {info.class_names[c]!r}: the {util.select!r} rule found only "
