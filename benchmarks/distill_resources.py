@@ -5,7 +5,9 @@ process with a fresh score cache; peak RSS from the kernel (ru_maxrss of the chi
 wall time of each stage (from the run's run_stats.json); `--methods infoutil rded` for a ratio.
 `speed`: rded, then InfoUtil with `--config`, on the same pool (`--pool` candidates per class,
 `--factor`, the validation split held out), each measured as `memory` measures it; the ratio of
-their wall times (issue "InfoUtil at RDED's speed").
+their wall times (issue "InfoUtil at RDED's speed"); `--rded-configs` runs rded again with
+each of those options (a ratio against each). Each run gets a fresh inductor cache, so a
+compiled run pays its compile.
 `scaling`: the same distillation with 1 process and with `torchrun --nproc-per-node 2` (gloo,
 one thread per process), fresh caches; wall time, speedup, and whether the outputs are
 byte-identical. The load average before each run says how many cores were actually free.
@@ -50,12 +52,12 @@ def run(cmd: list[str], cache: Path) -> dict:
 
 
 def distill_cmd(
-    args, out: Path, pool: int, launcher: list[str], method: str = "infoutil"
+    args, out: Path, pool: int, launcher: list[str], method: str = "infoutil", config=None
 ) -> list[str]:
-    # speed: the recipe comes from --config (or the defaults), not from --estimator/--budget
+    # speed: the recipe comes from a config (or the defaults), not from --estimator/--budget
     recipe = (
         ["--factor", str(args.factor), "--val-per-class", str(args.val_per_class)]
-        + (["-c", args.config] if args.config and method == "infoutil" else [])
+        + (["-c", config] if config else [])
         if args.what == "speed"
         else ["--estimator", args.estimator, "--budget", str(args.budget)]
     )
@@ -83,10 +85,10 @@ def distill_cmd(
     ]
 
 
-def measure_memory(args, work: Path, method: str, pool: int) -> dict:
+def measure_memory(args, work: Path, method: str, pool: int, config=None, name="") -> dict:
     # ru_maxrss of children is a running maximum: measure each run in its own python so that
     # the number belongs to that run alone
-    out = work / f"{method}{pool}"
+    out = work / f"{method}{pool}{name}"
     cmd = [
         sys.executable,
         "-c",
@@ -94,16 +96,22 @@ def measure_memory(args, work: Path, method: str, pool: int) -> dict:
         "r=subprocess.run(sys.argv[1:]);"
         "print(json.dumps({'rc':r.returncode,'peak_kib':"
         "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))",
-        *distill_cmd(args, out, pool, [sys.executable], method),
+        *distill_cmd(args, out, pool, [sys.executable], method, config),
     ]
-    cache = work / f"c-{method}{pool}"
+    cache = work / f"c-{method}{pool}{name}"
     cache.mkdir(parents=True)
     if getattr(args, "decoded", None):  # a decoded archive: the runs time distillation alone
         shutil.copy(args.decoded, cache / Path(args.decoded).name)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=dict(os.environ, INFOUTIL_CACHE=str(cache))
+        cmd,
+        capture_output=True,
+        text=True,
+        # a fresh compile cache too: a compiled run pays its compile, as a user's first does
+        env=dict(
+            os.environ, INFOUTIL_CACHE=str(cache), TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor")
+        ),
     )
     lines = proc.stdout.strip().splitlines()
     line = json.loads(lines[-1])
@@ -111,6 +119,7 @@ def measure_memory(args, work: Path, method: str, pool: int) -> dict:
         raise SystemExit(proc.stderr[-3000:])
     return {
         "method": method,
+        "config": config,
         "candidates_per_class": pool,
         "seconds": round(time.perf_counter() - t0, 1),
         "load_average_before": round(load, 2),
@@ -142,6 +151,12 @@ def main() -> None:
     ap.add_argument("--factor", type=int, default=2, help="speed: patches per side")
     ap.add_argument("--val-per-class", type=int, default=500, help="speed: held out")
     ap.add_argument("--config", help="speed: InfoUtil's options (YAML)")
+    ap.add_argument(
+        "--rded-configs",
+        nargs="*",
+        default=[],
+        help="speed: rded again with each of these options (YAML), after its defaults",
+    )
     ap.add_argument("--decoded", help="a decoded archive (.npz) copied into each fresh cache")
     ap.add_argument("--keep", help="speed: keep the distilled sets in this folder")
     ap.add_argument("--out", required=True)
@@ -160,12 +175,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         if args.what == "speed":  # rded, then infoutil with --config, one after the other
-            for method in ("rded", "infoutil"):
-                report["runs"].append(measure_memory(args, work, method, args.pool))
+            plan = [("rded", None, "")]
+            plan += [("rded", c, f"-{Path(c).stem}") for c in args.rded_configs]
+            plan += [("infoutil", args.config, "")]
+            for method, config, name in plan:
+                report["runs"].append(measure_memory(args, work, method, args.pool, config, name))
                 print(report["runs"][-1], flush=True)
-            rded, info = report["runs"]
+            *rdeds, info = report["runs"]
             report.update(config=args.config, factor=args.factor, candidates_per_class=args.pool)
-            report["ratio_infoutil_over_rded"] = round(info["seconds"] / rded["seconds"], 2)
+            report["ratio_infoutil_over_rded"] = round(info["seconds"] / rdeds[0]["seconds"], 2)
+            for r in rdeds[1:]:
+                report[f"ratio_infoutil_over_rded_{Path(r['config']).stem}"] = round(
+                    info["seconds"] / r["seconds"], 2
+                )
             print(f"infoutil / rded wall time: {report['ratio_infoutil_over_rded']}")
         elif args.what == "memory":
             for method in args.methods:

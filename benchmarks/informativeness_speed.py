@@ -12,6 +12,13 @@ PER_CLASS other training images a class (not the benchmark's), then three forwar
 
 `--plain BUDGET:PRECISION` adds per-image leverage-gp at other budgets (equal-cost comparisons).
 
+`--compiled PRECISION:BATCH` adds today's stage with the teacher through `torch.compile`, that
+many images a forward, then each `--z` early stop the same way (the compile is timed inside).
+
+`forwards`: masked forwards per second of the teacher, eager and compiled, fp32 and bf16, at
+batch sizes 32-512 (synthetic images, interleaved rounds, the median), and the seconds each
+compile takes from a fresh inductor cache.
+
 `agreement`: a distilled set's crops against a reference run's (the same pool): for each
 selected patch, is its box the one the reference's maps give the same source and crop?
 
@@ -19,6 +26,7 @@ selected patch, is its box the one the reference's maps give the same source and
         --out benchmarks/results/informativeness_routes_cifar10.json
     python benchmarks/informativeness_speed.py agreement --run OUT --reference REF
     python benchmarks/informativeness_speed.py projection --out F.json
+    python benchmarks/informativeness_speed.py forwards --teacher T --out F.json
 
 `projection`: the measured per-image costs of a ResNet-18 teacher at 224 px on synthetic
 inputs (a masked forward, fp32 and bf16, and a per-sample gradient norm), from which
@@ -43,7 +51,7 @@ from infoutil.attribution.amortized import (
     kernel_coalitions,
     training_values,
 )
-from infoutil.attribution.patch import patch_shapley, patch_shapley_early_stop
+from infoutil.attribution.patch import compiled_teacher, patch_shapley, patch_shapley_early_stop
 from infoutil.data import load_dataset, per_class_sample
 from infoutil.data.augment import to_float
 from infoutil.io.atomic import atomic_write_json
@@ -51,6 +59,16 @@ from infoutil.io.checkpoint import load_teacher
 from infoutil.selection.crops import informative_crops, noise_sigma, pool_map, settled_crops
 
 KERNEL, CROPS, ALPHA = 2, 5, 2.0  # factor 2: quarter windows; the paper's 5 crops, alpha 2
+
+
+def machine_header(threads: int) -> dict:
+    """When and where a result was measured."""
+    return {
+        "date": str(date.today()),
+        "machine": platform.processor() or platform.machine(),
+        "threads": threads,
+        "torch": torch.__version__,
+    }
 
 
 def crops_of(maps: torch.Tensor, seeds: torch.Tensor, size: int) -> torch.Tensor:
@@ -115,16 +133,16 @@ def routes(args) -> None:
         "gp4096": crops_of(near, seeds, size),
     }
 
-    def plain(budget, precision):
+    def plain(budget, precision, net=model, batch=512):
         def run():
             maps = patch_shapley(
-                model, x, y, budget=budget, seed=seeds, batch_size=512, precision=precision
+                net, x, y, budget=budget, seed=seeds, batch_size=batch, precision=precision
             )
             return maps, torch.full((len(x),), budget)
 
         return run
 
-    def early(z, precision, first=128, budget=512):
+    def early(z, precision, first=128, budget=512, net=model, batch=512):
         def run():
             def settled(rows, maps, cov):
                 gens = [torch.Generator().manual_seed(int(seeds[r])) for r in rows]
@@ -133,14 +151,14 @@ def routes(args) -> None:
                 )
 
             return patch_shapley_early_stop(
-                model,
+                net,
                 x,
                 y,
                 seeds,
                 settled,
                 budget=budget,
                 first_budget=first,
-                batch_size=512,
+                batch_size=batch,
                 precision=precision,
             )
 
@@ -190,12 +208,25 @@ def routes(args) -> None:
     for spec in args.fastshap:
         per_class, coalitions, epochs, precision = spec.split(":")
         table.append(amortized(int(per_class), int(coalitions), int(epochs), precision))
-    if args.fastshap_only:
+    for spec in args.compiled:  # the compile is timed inside the route's own seconds
+        precision, batch = spec.split(":")
+
+        def compiled(route, precision=precision, batch=int(batch), **kw):
+            def run():
+                net = compiled_teacher(model, x[:2], precision)
+                return route(precision=precision, net=net, batch=batch, **kw)()
+
+            return run
+
+        at = f"{precision}, compiled, batch {batch}"
+        table.append((f"{at}, 512", compiled(plain, budget=512)))
+        table += [(f"early stop z={z}, {at}", compiled(early, z=z)) for z in args.z]
+    if args.fastshap_only or args.compiled:
         pass
     elif not args.early_only:
         table += [("bf16, 512", plain(512, "bf16"))]
         table += [("fp32, 256", plain(256, "fp32")), ("bf16, 256", plain(256, "bf16"))]
-    for z in [] if args.fastshap_only else args.z:
+    for z in [] if args.fastshap_only or args.compiled else args.z:
         for first in args.first:
             at = "" if first == 128 else f" from {first}"
             table += [(f"early stop z={z}{at}, {p}", early(z, p, first)) for p in args.precisions]
@@ -222,10 +253,7 @@ def routes(args) -> None:
         )
         print(json.dumps(rows[-1]), flush=True)
     report = {
-        "date": str(date.today()),
-        "machine": platform.processor() or platform.machine(),
-        "threads": args.threads,
-        "torch": torch.__version__,
+        **machine_header(args.threads),
         "teacher": teacher.describe(),
         "dataset": args.dataset,
         "images": len(idx),
@@ -285,10 +313,7 @@ def projection(args) -> None:
     x = torch.rand(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     y = torch.arange(args.batch) % 1000
     out = {
-        "date": str(date.today()),
-        "machine": platform.processor() or platform.machine(),
-        "threads": args.threads,
-        "torch": torch.__version__,
+        **machine_header(args.threads),
         "batch": args.batch,
     }
 
@@ -315,6 +340,69 @@ def projection(args) -> None:
     )
     out["grad_norm_per_s"] = round(small / seconds, 2)
     print(json.dumps(out, indent=1))
+    atomic_write_json(Path(args.out), out)
+
+
+def forwards(args) -> None:
+    """The teacher's masked-forward rate by engine, precision and batch, in one process:
+    eager (today's) and ``torch.compile`` (``compiled_teacher``), fp32 and bf16. Rounds are
+    interleaved so that a change in the other core's load hits every setting alike; the
+    median round counts. The compile's own time is reported apart, from a fresh cache."""
+    import os
+    import tempfile
+
+    from infoutil.attribution.patch import compiled_teacher
+
+    torch.set_num_threads(args.threads)
+    model = load_teacher(args.teacher).model
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.images, 3, args.size, args.size, generator=g)
+    out = {
+        **machine_header(args.threads),
+        "images_per_round": args.images,
+        "rounds": args.rounds,
+    }
+    engines = {"eager": {}}
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
+    for precision in args.precisions:
+        t0 = time.perf_counter()
+        engines.setdefault("compiled", {})[precision] = compiled_teacher(model, x[:2], precision)
+        out[f"compile_seconds_{precision}"] = round(time.perf_counter() - t0, 2)
+        engines["eager"][precision] = model
+
+    def rate(net, precision, batch):
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+        with torch.inference_mode(), ctx:
+            net(x[:batch])  # a new shape compiles once, outside the clock
+            t0 = time.perf_counter()
+            for s in range(0, len(x), batch):
+                net(x[s : s + batch])
+        return len(x) / (time.perf_counter() - t0)
+
+    settings = [(e, p, b) for e in engines for p in args.precisions for b in args.batches]
+    rounds = {s: [] for s in settings}
+    for _ in range(args.rounds):
+        for e, p, b in settings:
+            rounds[(e, p, b)].append(rate(engines[e][p], p, b))
+    base = (
+        sorted(rounds[("eager", "fp32", 512)])[args.rounds // 2]
+        if ("eager", "fp32", 512) in rounds
+        else None
+    )
+    rows = []
+    for (e, p, b), rs in rounds.items():
+        median = sorted(rs)[args.rounds // 2]
+        rows.append(
+            {
+                "engine": e,
+                "precision": p,
+                "batch": b,
+                "forwards_per_s": round(median, 1),
+                "vs_eager_fp32_512": round(median / base, 2) if base else None,
+            }
+        )
+        print(f"{e:9s} {p} batch {b:4d}: {median:7.1f}/s", flush=True)
+    out["rows"] = rows
     atomic_write_json(Path(args.out), out)
 
 
@@ -346,6 +434,13 @@ def main() -> None:
         help="more per-image leverage-gp routes, e.g. 128:bf16",
     )
     r.add_argument("--fastshap-only", action="store_true", help="today's stage and FastSHAP")
+    r.add_argument(
+        "--compiled",
+        nargs="*",
+        default=[],
+        metavar="PRECISION:BATCH",
+        help="today's stage, then compiled forwards: plain 512 and each --z early stop",
+    )
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--cache", default=".cache/informativeness-routes")
     r.add_argument("--out", required=True)
@@ -357,8 +452,19 @@ def main() -> None:
     j.add_argument("--threads", type=int, default=1)
     j.add_argument("--batch", type=int, default=32)
     j.add_argument("--out", required=True)
+    f = sub.add_parser("forwards")
+    f.add_argument("--teacher", required=True)
+    f.add_argument("--size", type=int, default=32)
+    f.add_argument("--images", type=int, default=2048)
+    f.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128, 256, 512])
+    f.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    f.add_argument("--rounds", type=int, default=3)
+    f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--out", required=True)
     args = ap.parse_args()
-    {"routes": routes, "agreement": compare, "projection": projection}[args.what](args)
+    {"routes": routes, "agreement": compare, "projection": projection, "forwards": forwards}[
+        args.what
+    ](args)
 
 
 if __name__ == "__main__":
