@@ -351,8 +351,6 @@ def forwards(args) -> None:
     import os
     import tempfile
 
-    from infoutil.attribution.patch import compiled_teacher
-
     torch.set_num_threads(args.threads)
     model = load_teacher(args.teacher).model
     g = torch.Generator().manual_seed(0)

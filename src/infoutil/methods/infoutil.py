@@ -66,13 +66,12 @@ def map_key(inf, kernel: int) -> dict:
     """Everything an attribution map depends on besides the pool, the seed and the teacher
     (``kernel``: the crop window, which decides where an early-stopped map stops)."""
     if inf.attribution == "fastshap":
-        key = dict(attribution="fastshap", **_game(inf), **inf.fastshap.model_dump())
-        return key | ({"compile": True} if inf.compile else {})
+        return dict(
+            attribution="fastshap", **_game(inf), **_engine(inf), **inf.fastshap.model_dump()
+        )
     if inf.attribution != "shapley":
         return {"attribution": inf.attribution, "grid": inf.grid}
-    key = dict(**_game(inf), estimator=inf.estimator, budget=inf.evaluations)
-    if inf.compile:  # named only when on, so that eager maps keep their cache keys
-        key["compile"] = True
+    key = dict(**_game(inf), **_engine(inf), estimator=inf.estimator, budget=inf.evaluations)
     if inf.stops_early:  # where a map stops depends on how the crops are drawn too
         key.update(
             early_stop_z=inf.early_stop_z,
@@ -87,6 +86,12 @@ def map_key(inf, kernel: int) -> dict:
 def _game(inf) -> dict:
     """The patch game's options (``attribution.patch.coalition_values``)."""
     return dict(grid=inf.grid, baseline=inf.baseline, target=inf.target, precision=inf.precision)
+
+
+def _engine(inf) -> dict:
+    """How the masked forwards run, where it changes their bits: named only when compiled,
+    so that eager maps keep their cache keys."""
+    return {"compile": True} if inf.compile else {}
 
 
 def masked_teacher(mc: MethodContext, candidates: torch.Tensor):
