@@ -80,7 +80,9 @@ def distill_cmd(
         "--out",
         str(out),
         "--threads",
-        "1",
+        str(args.threads),
+        "--device",
+        args.device,
         "-q",
     ]
 
@@ -159,6 +161,8 @@ def main() -> None:
     )
     ap.add_argument("--decoded", help="a decoded archive (.npz) copied into each fresh cache")
     ap.add_argument("--keep", help="speed: keep the distilled sets in this folder")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda, for every run")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     report = {

@@ -61,14 +61,36 @@ from infoutil.selection.crops import informative_crops, noise_sigma, pool_map, s
 KERNEL, CROPS, ALPHA = 2, 5, 2.0  # factor 2: quarter windows; the paper's 5 crops, alpha 2
 
 
-def machine_header(threads: int) -> dict:
+def machine_header(threads: int, device: torch.device | None = None) -> dict:
     """When and where a result was measured."""
-    return {
+    out = {
         "date": str(date.today()),
         "machine": platform.processor() or platform.machine(),
         "threads": threads,
         "torch": torch.__version__,
     }
+    if device is not None and device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def bench_device(name: str) -> torch.device:
+    """``cpu`` or ``cuda``: where a timing benchmark runs."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no GPU is available here; use --device cpu")
+    return torch.device(name)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds of ``fn()``, with the GPU's queue drained on both sides (its kernels run
+    asynchronously: without the sync the clock would stop before they do)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 def crops_of(maps: torch.Tensor, seeds: torch.Tensor, size: int) -> torch.Tensor:
@@ -309,27 +331,24 @@ def projection(args) -> None:
         std=(0.229, 0.224, 0.225),
         class_names=tuple(str(i) for i in range(1000)),
     )
-    model = create_model("resnet18", info).eval()
+    device = bench_device(args.device)
+    model = create_model("resnet18", info).eval().to(device)
     x = torch.rand(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    y = torch.arange(args.batch) % 1000
+    x, y = x.to(device), (torch.arange(args.batch) % 1000).to(device)
     out = {
-        **machine_header(args.threads),
+        **machine_header(args.threads, device),
+        "device": device.type,
         "batch": args.batch,
     }
 
     def best_of(fn, repeats=3):
         fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        return min(timed(fn, device) for _ in range(repeats))
 
     for precision in ("fp32", "bf16"):
 
         def forward(precision=precision):
-            ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+            ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
             with torch.inference_mode(), ctx:
                 model(x)
 
@@ -352,11 +371,13 @@ def forwards(args) -> None:
     import tempfile
 
     torch.set_num_threads(args.threads)
-    model = load_teacher(args.teacher).model
+    device = bench_device(args.device)
+    model = load_teacher(args.teacher).model.to(device)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.images, 3, args.size, args.size, generator=g)
+    x = torch.rand(args.images, 3, args.size, args.size, generator=g).to(device)
     out = {
-        **machine_header(args.threads),
+        **machine_header(args.threads, device),
+        "device": device.type,
         "images_per_round": args.images,
         "rounds": args.rounds,
     }
@@ -369,13 +390,15 @@ def forwards(args) -> None:
         engines["eager"][precision] = model
 
     def rate(net, precision, batch):
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-        with torch.inference_mode(), ctx:
-            net(x[:batch])  # a new shape compiles once, outside the clock
-            t0 = time.perf_counter()
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+        def all_batches():
             for s in range(0, len(x), batch):
                 net(x[s : s + batch])
-        return len(x) / (time.perf_counter() - t0)
+
+        with torch.inference_mode(), ctx:
+            net(x[:batch])  # a new shape compiles once, outside the clock
+            return len(x) / timed(all_batches, device)
 
     settings = [(e, p, b) for e in engines for p in args.precisions for b in args.batches]
     rounds = {s: [] for s in settings}
@@ -449,6 +472,7 @@ def main() -> None:
     j = sub.add_parser("projection")
     j.add_argument("--threads", type=int, default=1)
     j.add_argument("--batch", type=int, default=32)
+    j.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     j.add_argument("--out", required=True)
     f = sub.add_parser("forwards")
     f.add_argument("--teacher", required=True)
@@ -458,6 +482,7 @@ def main() -> None:
     f.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     f.add_argument("--rounds", type=int, default=3)
     f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     f.add_argument("--out", required=True)
     args = ap.parse_args()
     {"routes": routes, "agreement": compare, "projection": projection, "forwards": forwards}[

@@ -1,0 +1,54 @@
+"""A smaller copy of an ImageFolder zip dataset (the first N files per class, sorted), in
+the same layout, so that a timing run can travel where the full archive cannot (the device
+machine takes 64 MiB). The images themselves are copied byte for byte, not re-encoded.
+
+    python benchmarks/subset_data.py --source ../shared/data/cifar10 --out .device-data/cifar10 \
+        --train-per-class 1000 --test-per-class 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import zipfile
+from pathlib import Path
+
+
+def subset_zip(source: Path, out: Path, split: str, per_class: int) -> int:
+    with zipfile.ZipFile(source) as zin:
+        by_class: dict[str, list[str]] = {}
+        for name in zin.namelist():
+            parts = name.split("/")
+            if len(parts) == 3 and parts[0] == split and parts[1] and parts[2]:
+                by_class.setdefault(parts[1], []).append(name)
+        if not by_class:
+            raise SystemExit(f"{source}: no {split}/<class>/ files inside")
+        short = {c: n for c, n in by_class.items() if len(n) < per_class}
+        if short:
+            raise SystemExit(f"{source}: fewer than {per_class} files in {sorted(short)}")
+        tmp = out.with_suffix(".zip.part")
+        count = 0
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zout:
+            for cls in sorted(by_class):
+                for name in sorted(by_class[cls])[:per_class]:
+                    zout.writestr(name, zin.read(name))
+                    count += 1
+        tmp.replace(out)
+    return count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", required=True, help="a folder holding train.zip and test.zip")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--train-per-class", type=int, default=1000)
+    ap.add_argument("--test-per-class", type=int, default=100)
+    args = ap.parse_args()
+    source, out = Path(args.source), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", args.train_per_class), ("test", args.test_per_class)):
+        count = subset_zip(source / f"{split}.zip", out / f"{split}.zip", split, n)
+        print(f"{out / (split + '.zip')}: {count} images")
+
+
+if __name__ == "__main__":
+    main()
