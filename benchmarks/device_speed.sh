@@ -7,7 +7,7 @@
 # Results land in $OUT. It needs, beside the working tree (both ignored by git, so carry them):
 #   .device-data/cifar10/  python benchmarks/subset_data.py --source $INFOUTIL_DATA/cifar10 \
 #                              --out .device-data/cifar10   (1,000 + 100 images a class, 11 MB)
-#   .whl/                  the wheels the GPU image lacks (pydantic and its three needs;
+#   .whl/                  the wheels the GPU image lacks (pydantic and its needs;
 #                          BENCHMARKS.md gives the pip download line)
 # On a CPU it runs too, for a check of the script:
 #   DEVICE=cpu THREADS=1 IPC=2 POOL=60 FORWARD_IMAGES=256 PROJECTION_BATCH=4
