@@ -51,7 +51,12 @@ from infoutil.attribution.amortized import (
     kernel_coalitions,
     training_values,
 )
-from infoutil.attribution.patch import compiled_teacher, patch_shapley, patch_shapley_early_stop
+from infoutil.attribution.patch import (
+    compiled_teacher,
+    patch_shapley,
+    patch_shapley_early_stop,
+    precision_autocast,
+)
 from infoutil.data import load_dataset, per_class_sample
 from infoutil.data.augment import to_float
 from infoutil.io.atomic import atomic_write_json
@@ -348,8 +353,7 @@ def projection(args) -> None:
     for precision in ("fp32", "bf16"):
 
         def forward(precision=precision):
-            ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-            with torch.inference_mode(), ctx:
+            with torch.inference_mode(), precision_autocast(precision, device.type):
                 model(x)
 
         out[f"forward_{precision}_per_s"] = round(args.batch / best_of(forward), 2)
@@ -390,13 +394,11 @@ def forwards(args) -> None:
         engines["eager"][precision] = model
 
     def rate(net, precision, batch):
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
         def all_batches():
             for s in range(0, len(x), batch):
                 net(x[s : s + batch])
 
-        with torch.inference_mode(), ctx:
+        with torch.inference_mode(), precision_autocast(precision, device.type):
             net(x[:batch])  # a new shape compiles once, outside the clock
             return len(x) / timed(all_batches, device)
 

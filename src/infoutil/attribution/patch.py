@@ -75,7 +75,8 @@ def baseline_images(
     raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
 
 
-def _autocast(precision: str, device_type: str = "cpu"):
+def precision_autocast(precision: str, device_type: str = "cpu"):
+    """bf16 autocast on ``device_type`` for ``precision == "bf16"``, else nothing."""
     if precision == "bf16":
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -90,7 +91,7 @@ def compiled_teacher(
     the long work starts rather than at its first forward."""
     fast = torch.compile(model, dynamic=True)
     try:
-        with torch.inference_mode(), _autocast(precision, example.device.type):
+        with torch.inference_mode(), precision_autocast(precision, example.device.type):
             fast(example)
     except Exception as err:  # inductor raises many kinds; all mean "cannot compile here"
         lines = str(err).strip().splitlines() or [type(err).__name__]
@@ -154,7 +155,7 @@ def coalition_values(
         idx = img_of_row[rows]
         keep = flat[rows][:, owner].view(-1, 1, h, w).to(images.dtype)  # [R, 1, H, W]
         masked = torch.addcmul(base[idx], keep, delta[idx])
-        with _autocast(precision, device.type):
+        with precision_autocast(precision, device.type):
             logits = model(masked).float()
         y = labels[idx]
         if target == "prob":
