@@ -25,6 +25,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" INFOUTIL_DATA="$PWD/.dev
 export PYTHONUNBUFFERED=1
 TEACHER=benchmarks/teachers/cifar10-convnet3
 WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 # the decoded archive once, so that every timed run measures distillation alone
 INFOUTIL_CACHE="$WORK/decoded" "$PY" -c "from infoutil.data import load_dataset; \
@@ -48,4 +49,3 @@ cp "$WORK/reference/run_stats.json" "$OUT/reference_run_stats.json"
     --threads "$THREADS" --images "$FORWARD_IMAGES" --batches 512 4096 16384 --out "$OUT/forwards.json"
 "$PY" benchmarks/informativeness_speed.py projection --device "$DEVICE" --threads "$THREADS" \
     --batch "$PROJECTION_BATCH" --out "$OUT/projection.json"
-rm -rf "$WORK"

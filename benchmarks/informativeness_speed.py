@@ -59,8 +59,10 @@ from infoutil.attribution.patch import (
 )
 from infoutil.data import load_dataset, per_class_sample
 from infoutil.data.augment import to_float
+from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_write_json
 from infoutil.io.checkpoint import load_teacher
+from infoutil.runtime import resolve_device
 from infoutil.selection.crops import informative_crops, noise_sigma, pool_map, settled_crops
 
 KERNEL, CROPS, ALPHA = 2, 5, 2.0  # factor 2: quarter windows; the paper's 5 crops, alpha 2
@@ -74,16 +76,11 @@ def machine_header(threads: int, device: torch.device | None = None) -> dict:
         "threads": threads,
         "torch": torch.__version__,
     }
-    if device is not None and device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
+    if device is not None:
+        out["device"] = device.type
+        if device.type == "cuda":
+            out["gpu"] = torch.cuda.get_device_name(device)
     return out
-
-
-def bench_device(name: str) -> torch.device:
-    """``cpu`` or ``cuda``: where a timing benchmark runs."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no GPU is available here; use --device cpu")
-    return torch.device(name)
 
 
 def timed(fn, device: torch.device) -> float:
@@ -336,13 +333,12 @@ def projection(args) -> None:
         std=(0.229, 0.224, 0.225),
         class_names=tuple(str(i) for i in range(1000)),
     )
-    device = bench_device(args.device)
+    device = resolve_device(args.device)
     model = create_model("resnet18", info).eval().to(device)
     x = torch.rand(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     x, y = x.to(device), (torch.arange(args.batch) % 1000).to(device)
     out = {
         **machine_header(args.threads, device),
-        "device": device.type,
         "batch": args.batch,
     }
 
@@ -375,13 +371,12 @@ def forwards(args) -> None:
     import tempfile
 
     torch.set_num_threads(args.threads)
-    device = bench_device(args.device)
+    device = resolve_device(args.device)
     model = load_teacher(args.teacher).model.to(device)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.images, 3, args.size, args.size, generator=g).to(device)
     out = {
         **machine_header(args.threads, device),
-        "device": device.type,
         "images_per_round": args.images,
         "rounds": args.rounds,
     }
@@ -487,9 +482,11 @@ def main() -> None:
     f.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     f.add_argument("--out", required=True)
     args = ap.parse_args()
-    {"routes": routes, "agreement": compare, "projection": projection, "forwards": forwards}[
-        args.what
-    ](args)
+    run = {"routes": routes, "agreement": compare, "projection": projection, "forwards": forwards}
+    try:
+        run[args.what](args)
+    except UserError as err:  # a bad path or option: one line, as the CLI gives it
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

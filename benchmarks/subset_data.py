@@ -1,6 +1,7 @@
 """A smaller copy of an ImageFolder zip dataset (the first N files per class, sorted), in
 the same layout, so that a timing run can travel where the full archive cannot (the device
-machine takes 64 MiB). The images themselves are copied byte for byte, not re-encoded.
+machine takes 64 MiB). The images are copied as they are stored, not re-encoded, so the same
+subset is the same bytes.
 
     python benchmarks/subset_data.py --source ../shared/data/cifar10 --out .device-data/cifar10 \
         --train-per-class 1000 --test-per-class 100
@@ -12,25 +13,28 @@ import argparse
 import zipfile
 from pathlib import Path
 
+from infoutil.data.sources import scan_zip
+from infoutil.errors import UserError
+
 
 def subset_zip(source: Path, out: Path, split: str, per_class: int) -> int:
+    if not source.is_file():
+        raise SystemExit(f"error: {source} does not exist; --source is a folder with train.zip")
     with zipfile.ZipFile(source) as zin:
-        by_class: dict[str, list[str]] = {}
-        for name in zin.namelist():
-            parts = name.split("/")
-            if len(parts) == 3 and parts[0] == split and parts[1] and parts[2]:
-                by_class.setdefault(parts[1], []).append(name)
-        if not by_class:
-            raise SystemExit(f"{source}: no {split}/<class>/ files inside")
+        try:
+            by_class = scan_zip(zin, split, str(source))  # sorted names, images only
+        except UserError as err:
+            raise SystemExit(f"error: {err}") from None
         short = {c: n for c, n in by_class.items() if len(n) < per_class}
         if short:
             raise SystemExit(f"{source}: fewer than {per_class} files in {sorted(short)}")
         tmp = out.with_suffix(".zip.part")
         count = 0
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zout:
+        with zipfile.ZipFile(tmp, "w") as zout:
             for cls in sorted(by_class):
-                for name in sorted(by_class[cls])[:per_class]:
-                    zout.writestr(name, zin.read(name))
+                for name in by_class[cls][:per_class]:
+                    # the source's entry info (its date too): the same subset, the same bytes
+                    zout.writestr(zin.getinfo(name), zin.read(name))
                     count += 1
         tmp.replace(out)
     return count

@@ -211,7 +211,7 @@ def _scan_labelled(split_dir: Path, sub: str, labels: dict[str, str]) -> dict[st
     return {c: sorted(v) for c, v in sorted(classes.items())}
 
 
-def _scan_zip(zf: zipfile.ZipFile, split: str, label: str) -> dict[str, list[str]]:
+def scan_zip(zf: zipfile.ZipFile, split: str, label: str) -> dict[str, list[str]]:
     classes: dict[str, list[str]] = {}
     for name in zf.namelist():
         parts = name.split("/")
@@ -325,7 +325,7 @@ def _load_imagefolder_cached(
     def scan(src: Path, sp: str) -> dict[str, list[str]]:
         if src.is_file():
             with zipfile.ZipFile(src) as zf:
-                return _scan_zip(zf, sp, str(src))
+                return scan_zip(zf, sp, str(src))
         return _scan_folder_tree(src / sp)
 
     train_classes, test_classes = scan(train_src, "train"), scan(test_src, test_split)
