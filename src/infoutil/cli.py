@@ -136,6 +136,11 @@ def teacher_train(
     val_per_class: int | None = ValPerClass,
     val_seed: int | None = ValSeed,
     image_size: int | None = ImageSize,
+    compile_model: bool | None = typer.Option(
+        None,
+        "--compile/--no-compile",
+        help="Train through torch.compile (needs a C++ compiler; about 1.75x faster on CPU).",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     stop_after: int | None = typer.Option(
         None, "--stop-after", help="Stop after this many epochs of this invocation."
@@ -166,6 +171,7 @@ def teacher_train(
             "val_per_class": val_per_class,
             "val_seed": val_seed,
             "image_size": image_size,
+            "compile": compile_model,
         },
     )
 

@@ -495,6 +495,84 @@ def load_cifar100(root: Path | None, split: str, download: bool, cache_dir: Path
     )
 
 
+# ---------------------------------------------------------------- ImageWoof, ImageNette
+
+# fast.ai's ImageNet subsets (github.com/fastai/imagenette): class order is the sorted wnids,
+# the names are ImageNet's, for reports
+IMAGEWOOF_CLASSES = {
+    "n02086240": "Shih-Tzu",
+    "n02087394": "Rhodesian ridgeback",
+    "n02088364": "beagle",
+    "n02089973": "English foxhound",
+    "n02093754": "Border terrier",
+    "n02096294": "Australian terrier",
+    "n02099601": "golden retriever",
+    "n02105641": "Old English sheepdog",
+    "n02111889": "Samoyed",
+    "n02115641": "dingo",
+}
+IMAGENETTE_CLASSES = {
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n02979186": "cassette player",
+    "n03000684": "chain saw",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
+    "n03888605": "parachute",
+}
+# the paper's and RDED's size for ConvNet-5 on these subsets (anchors.md §1.4)
+FASTAI_SUBSET_SIZE = 128
+FASTAI_SUBSETS = {"imagewoof": IMAGEWOOF_CLASSES, "imagenette": IMAGENETTE_CLASSES}
+
+
+def class_display_names(info: DatasetInfo) -> tuple[str, ...]:
+    """Human-readable class names for reports: ImageNet's names for known wnids."""
+    names = {**IMAGEWOOF_CLASSES, **IMAGENETTE_CLASSES}
+    return tuple(names.get(c, c) for c in info.class_names)
+
+
+def _fastai_subset_base(root: Path, name: str) -> Path | None:
+    """Where a fast.ai subset lies under ``root``: ``<name>/`` with train.zip + val.zip (as in
+    shared/), or an official release folder ``<name>2-{320,160,}`` with train/ + val/; an
+    official ``.tgz`` found there is extracted once, beside it."""
+    folders = [root / name, *(root / f"{name}2{s}" for s in ("-320", "-160", "")), root]
+    for base in folders:
+        if base.is_dir() and _find_split_sources(base) is not None:
+            return base
+    for base in folders[:-1]:
+        archive = base.with_name(base.name + ".tgz")
+        if base.name != name and archive.is_file():
+            _extract_tar(archive, base)
+            return base
+    return None
+
+
+def load_fastai_subset(
+    name: str, root: Path | None, split: str, cache_dir: Path, image_size: int | None
+) -> ImageDataset:
+    root = _need_root(root, name)
+    base = _fastai_subset_base(root, name)
+    if base is None:
+        raise UserError(
+            f"{name} not found under {root}: expected {name}/train.zip + val.zip, or the "
+            f"official {name}2-320/ (train/, val/) or {name}2-320.tgz"
+        )
+    wnids = FASTAI_SUBSETS[name]
+    size = image_size or FASTAI_SUBSET_SIZE
+    ds = _load_imagefolder_cached(
+        name, base, split, 3, size, IMAGENET_MEAN, IMAGENET_STD, cache_dir
+    )
+    if ds.info.class_names != tuple(sorted(wnids)):
+        raise UserError(
+            f"{base}: class folders {list(ds.info.class_names)[:3]}... are not {name}'s "
+            f"10 wnids ({', '.join(sorted(wnids))})"
+        )
+    return ds
+
+
 # ---------------------------------------------------------------- Fashion-MNIST
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
@@ -598,7 +676,7 @@ def load_imagefolder(path: Path, split: str, image_size: int | None) -> ImageDat
 
 # ---------------------------------------------------------------- registry
 
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagefolder:PATH")
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagewoof", "imagenette", "imagefolder:PATH")
 
 
 def load_dataset(
@@ -652,6 +730,10 @@ def dataset_info(
         return DatasetInfo(
             "fashion-mnist", FASHION_MNIST_CLASSES, 28, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD
         )
+    if name in FASTAI_SUBSETS:
+        size = image_size or FASTAI_SUBSET_SIZE
+        classes = tuple(sorted(FASTAI_SUBSETS[name]))
+        return DatasetInfo(name, classes, size, 3, IMAGENET_MEAN, IMAGENET_STD)
     if name.startswith("imagefolder:"):  # a directory scan and one image header
         return load_imagefolder(Path(name.split(":", 1)[1]).expanduser(), "train", image_size).info
     if name not in ("cifar100",):
@@ -667,9 +749,11 @@ def _load_split(name, split, data_root, download, cache_dir, image_size) -> Imag
     if image_size is not None and native is not None and image_size != native:
         raise UserError(
             f"{name} images are {native} px; --image-size {image_size} applies only to "
-            "imagefolder:PATH datasets (leave it out)"
+            "imagewoof, imagenette and imagefolder:PATH datasets (leave it out)"
         )
     root = resolve_data_root(data_root)
+    if name in FASTAI_SUBSETS:
+        return load_fastai_subset(name, root, split, cache, image_size)
     loaders = {
         "cifar10": load_cifar10,
         "cifar100": load_cifar100,

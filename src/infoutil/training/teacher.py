@@ -150,6 +150,10 @@ def train_teacher(
         if start >= cfg.epochs:
             return json.loads(epoch_paths(out_dir, start)[1].read_text())
         ddp_model = ctx.wrap(model)
+        eval_model: torch.nn.Module = model
+        if cfg.compile:
+            ddp_model = torch.compile(ddp_model)
+            eval_model = torch.compile(model)
 
         n = len(train)
         steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -178,7 +182,8 @@ def train_teacher(
                 x, y = x.to(compute), y.to(compute)
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(cfg.lr, epoch * steps_per_epoch + step, total_steps)
-                loss = F.cross_entropy(ddp_model(x), y, reduction="sum") * ctx.world_size / len(idx)
+                logits = _first_forward(ddp_model, x) if step == 0 else ddp_model(x)
+                loss = F.cross_entropy(logits, y, reduction="sum") * ctx.world_size / len(idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -187,7 +192,7 @@ def train_teacher(
                 bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}")
             bar.close()
             train_seconds = time.perf_counter() - t0
-            acc = ctx.sharded_accuracy(model, test)
+            acc = ctx.sharded_accuracy(eval_model, test, batch_size=cfg.batch_size)
             meta = {
                 "arch": cfg.arch,
                 "dataset": info.to_dict(),
@@ -229,6 +234,21 @@ def train_teacher(
                     )
             ctx.barrier()
         return meta
+
+
+def _first_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An epoch's first forward, where a compiled model is built: a machine that cannot
+    compile is refused in one line, seconds after the start."""
+    try:
+        return model(x)
+    except Exception as err:  # inductor raises many kinds; all mean "cannot compile here"
+        if not hasattr(model, "_orig_mod"):
+            raise
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        raise UserError(
+            f"teacher compile: torch.compile cannot build the model here ({lines[0][:160]}); "
+            "install a C++ compiler or leave out --compile"
+        ) from err
 
 
 class _null:
