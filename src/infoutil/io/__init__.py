@@ -1,6 +1,6 @@
-"""Files on disk: atomic writes, teacher checkpoints, distilled sets."""
+"""Files on disk: atomic writes (``io.atomic``), locks (``io.lock``), teacher checkpoints
+(``io.checkpoint``) and distilled sets (``io.distilled``).
 
-from infoutil.io.checkpoint import Teacher, load_teacher
-from infoutil.io.distilled import DistilledSet, load_distilled
-
-__all__ = ["DistilledSet", "Teacher", "load_distilled", "load_teacher"]
+This file imports nothing: ``io.atomic`` is used by the first stage (data), and the checkpoint
+module needs the model registry, which needs data, so re-exporting it here made a cycle.
+"""

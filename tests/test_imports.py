@@ -1,0 +1,79 @@
+"""Every module of the package imports on its own, as the first import of a fresh interpreter,
+so that no import cycle can hide behind the order in which the CLI happens to import."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+
+import infoutil
+
+PACKAGE_DIR = Path(infoutil.__file__).parent
+
+
+def package_modules() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+        if parts[-1] == "__main__":  # running it is the CLI, not an import
+            continue
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names.append(".".join(parts))
+    return names
+
+
+def import_alone(name: str) -> str | None:
+    """Import ``name`` in a forked child with no infoutil module loaded (third-party packages
+    stay loaded: they cannot take part in our cycles, and forking saves a second of torch
+    import per module). Returns the child's error, or None."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: forget every infoutil module, then import one
+        os.close(read)
+        for mod in [m for m in sys.modules if m == "infoutil" or m.startswith("infoutil.")]:
+            del sys.modules[mod]
+        try:
+            __import__(name)
+            message = b""
+        except BaseException:
+            message = traceback.format_exc().encode()
+        os.write(write, message[-4000:])
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    return out or None
+
+
+def test_the_module_list_covers_the_stages():
+    names = package_modules()
+    for stage in ("data", "models", "attribution", "selection", "methods", "evaluation", "io"):
+        assert f"infoutil.{stage}" in names
+    assert "infoutil.io.checkpoint" in names and "infoutil.cli" in names
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_every_module_imports_first_and_alone():
+    import numpy  # noqa: F401  (loaded before forking, shared by every child)
+    import torch  # noqa: F401
+
+    failures = {name: err for name in package_modules() if (err := import_alone(name))}
+    assert not failures, "\n".join(f"{n}:\n{e}" for n, e in failures.items())
+
+
+def test_a_cycle_is_caught(tmp_path, monkeypatch):
+    """The check itself: a package whose modules import each other at the top fails."""
+    pkg = tmp_path / "cyclepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from cyclepkg.b import B\nA = 1\n")
+    (pkg / "b.py").write_text("from cyclepkg.a import A\nB = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    err = import_alone("cyclepkg.a")
+    assert err is not None and "circular import" in err
