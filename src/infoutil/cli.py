@@ -219,36 +219,92 @@ def teacher_eval(
 
 @teacher_app.command("import")
 def teacher_import(
-    checkpoint: Path = typer.Argument(..., help="A .pt/.pth state dict."),
-    arch: str = typer.Option(..., "--arch"),
-    dataset: str = typer.Option(..., "--dataset"),
+    weights: Path = typer.Argument(
+        ..., help="Weights file: .pth/.pt/.bin (read with weights_only=True) or .safetensors."
+    ),
+    arch: str = typer.Option(..., "--arch", help="Our architecture the weights are for."),
     out: Path = typer.Option(..., "--out"),
+    classes: str | None = typer.Option(
+        None,
+        "--classes",
+        help="The classes the weights were trained on, in their order: imagenet-1k (1,000 "
+        "wnids, ImageNet's mean and std) or a dataset name (its order; default: --dataset).",
+    ),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        help="Measure the teacher's test accuracy on this dataset (an ImageNet-1K teacher on "
+        "a wnid subset such as imagewoof: its logits at the subset's classes).",
+    ),
+    layout: str = typer.Option(
+        "auto", "--layout", help="Parameter names: auto, torchvision, timm, rded or infoutil."
+    ),
     image_size: int | None = ImageSize,
     data_root: str | None = DataRoot,
     cache_dir: str | None = CacheDir,
+    threads: int | None = Threads,
 ) -> None:
-    """Convert a PyTorch state dict into an infoutil teacher (loaded with weights_only=True)."""
-    from infoutil.data import load_dataset
-    from infoutil.evaluation.metrics import accuracy
-    from infoutil.io.checkpoint import import_torch_checkpoint, save_teacher_epoch
+    """Make an infoutil teacher from published weights (torchvision, timm, RDED); no code in
+    the file runs, and neither torchvision nor timm is needed."""
+    import copy
+    import hashlib
 
-    test = load_dataset(dataset, "test", data_root, cache_dir=cache_dir, image_size=image_size)
-    model = import_torch_checkpoint(checkpoint, arch, test.info)
-    acc = accuracy(model, test)
+    from infoutil.data import load_dataset
+    from infoutil.data.sources import dataset_info
+    from infoutil.evaluation.metrics import accuracy
+    from infoutil.io.checkpoint import completed_epochs, fit_classes, save_teacher_epoch
+    from infoutil.models.pretrained import import_weights
+
+    _setup(threads)
+    classes = classes or dataset
+    if classes is None:
+        raise UserError("teacher import: pass --classes imagenet-1k, or --classes/--dataset NAME")
+    if completed_epochs(out):
+        raise UserError(f"{out}: already holds a teacher; choose another --out")
+    source = None
+    if classes != "imagenet-1k":
+        source = (
+            dataset_info(classes, data_root, image_size)
+            or load_dataset(
+                classes, "test", data_root, cache_dir=cache_dir, image_size=image_size
+            ).info
+        )
+    model, info, layout = import_weights(weights, arch, classes, layout, image_size, source)
+    acc = None
+    if dataset is not None:
+        size = image_size or info.image_size
+        want = dataset_info(dataset, data_root, size)  # checked before any image is decoded
+        test = (
+            None
+            if want is not None
+            else load_dataset(dataset, "test", data_root, cache_dir=cache_dir, image_size=size)
+        )
+        scored = copy.deepcopy(model)
+        fit_classes(scored, info, want or test.info, str(weights))
+        test = test or load_dataset(
+            dataset, "test", data_root, cache_dir=cache_dir, image_size=size
+        )
+        acc = round(accuracy(scored, test), 6)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     save_teacher_epoch(
         out,
         model,
         {
             "arch": arch,
-            "dataset": test.info.to_dict(),
+            "dataset": info.to_dict(),
             "epoch": 1,
             "epochs": 1,
             "seed": None,
-            "test_accuracy": round(acc, 6),
-            "imported_from": str(checkpoint),
+            "test_accuracy": acc,
+            "test_dataset": dataset,
+            "imported_from": {"file": weights.name, "sha256": digest, "layout": layout},
         },
     )
-    typer.echo(f"imported {checkpoint} as {arch}: test accuracy {acc:.4f} -> {out}")
+    measured = f", test accuracy on {dataset} {acc:.4f}" if acc is not None else ""
+    typer.echo(
+        f"imported {weights} ({layout} layout) as {arch}, {info.num_classes} classes of "
+        f"{info.name}{measured} -> {out}"
+    )
 
 
 Overwrite = typer.Option(False, "--overwrite", help="Replace a finished output at --out.")

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -23,6 +21,7 @@ from infoutil.data.base import DatasetInfo
 from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_save_tensors, atomic_write_json, tensors_sha256
 from infoutil.models import Classifier, create_model
+from infoutil.models.pretrained import class_restriction, restrict_classes
 from infoutil.runtime import fault_point
 
 TEACHER_FORMAT = "infoutil-teacher/1"
@@ -50,7 +49,7 @@ class Teacher:
 
     def describe(self) -> dict:
         """What a manifest or a results file records about the teacher."""
-        return {
+        out = {
             "path": str(self.path),
             "arch": self.arch,
             "epoch": self.epoch,
@@ -59,6 +58,12 @@ class Teacher:
             # the validation split it was trained without; None: the whole training set
             "validation": self.meta.get("validation"),
         }
+        # an imported teacher says where from, and where a 1000-class teacher serves a wnid
+        # subset, which of its logits are used (absent for our own teachers)
+        for key in ("imported_from", "class_restriction"):
+            if self.meta.get(key) is not None:
+                out[key] = self.meta[key]
+        return out
 
 
 def epoch_paths(out_dir: Path, epoch: int) -> tuple[Path, Path]:
@@ -137,13 +142,19 @@ def load_teacher(spec: str | Path, expect: DatasetInfo | None = None) -> Teacher
             "the file is corrupt or was changed"
         )
     info = DatasetInfo.from_dict(meta["dataset"])
-    if expect is not None:
-        check_teacher_fits(info, expect, str(weights))
+    if expect is not None:  # refused here, before the weights are built or an image decoded
+        restriction = class_restriction(info, expect, str(weights))
+        if restriction is None:
+            check_teacher_fits(info, expect, str(weights))
     model = create_model(meta["arch"], info)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise UserError(f"{weights}: weights do not fit arch {meta['arch']!r}") from err
+    if expect is not None:
+        info, restriction = fit_classes(model, info, expect, str(weights))
+        if restriction is not None:
+            meta = dict(meta, class_restriction=restriction)
     model.eval()
     return Teacher(model, info, meta, weights)
 
@@ -167,39 +178,25 @@ def check_teacher_fits(have: DatasetInfo, want: DatasetInfo, where: str) -> None
         )
 
 
-def import_torch_checkpoint(path: Path, arch: str, info: DatasetInfo) -> Classifier:
-    """Read a user's ``.pt``/``.pth`` state dict safely (``weights_only=True``: no code runs).
-
-    Accepts a bare state dict or one under ``"model"``/``"state_dict"``, with or without a
-    ``module.`` prefix, keyed either like our :class:`Classifier` or like its inner network.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns about protocols before refusing
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: no such file") from err
-    except Exception as err:  # torch raises UnpicklingError and friends for unsafe content
-        first = str(err).strip().split(".")[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"{path}: refused to load (only plain tensors are accepted, no pickled code): {first}"
-        ) from err
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path}: expected a state dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
-    model = create_model(arch, info)
-    if not any(k.startswith("net.") for k in state):
-        state = {f"net.{k}": v for k, v in state.items()}
-        state.setdefault("mean", model.mean)
-        state.setdefault("std", model.std)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        msg = str(err).splitlines()[0]
-        raise UserError(f"{path}: does not fit arch {arch!r} for {info.name}: {msg}") from err
-    return model.eval()
+def fit_classes(
+    model: Classifier, info: DatasetInfo, want: DatasetInfo, where: str
+) -> tuple[DatasetInfo, dict | None]:
+    """Make a teacher of ``info``'s classes serve ``want``: as it is, or, for a teacher of
+    ImageNet's wnids on a wnid subset, with its last layer cut to the subset's classes in the
+    subset's order (in place). Returns (the info it now has, the restriction record or None)."""
+    indices = class_restriction(info, want, where)
+    if indices is None:
+        check_teacher_fits(info, want, where)
+        return info, None
+    restricted = DatasetInfo(
+        info.name, want.class_names, info.image_size, info.channels, info.mean, info.std
+    )
+    check_teacher_fits(restricted, want, where)
+    restrict_classes(model, indices)
+    record = {
+        "from": info.name,
+        "from_classes": info.num_classes,
+        "indices": indices,
+        "class_names": list(want.class_names),
+    }
+    return restricted, record

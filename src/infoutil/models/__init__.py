@@ -28,6 +28,10 @@ def register_model(name: str):
 
 for _depth in (3, 4, 5, 6):
     register_model(f"convnet{_depth}")(lambda c, k, s, d=_depth: ConvNet(c, k, s, depth=d))
+    # RDED's released ConvNet teachers: the same net with BatchNorm
+    register_model(f"convnet{_depth}-bn")(
+        lambda c, k, s, d=_depth: ConvNet(c, k, s, depth=d, norm="batch")
+    )
 register_model("resnet18")(lambda c, k, s: ResNet(BasicBlock, [2, 2, 2, 2], c, k, s))
 register_model("resnet50")(lambda c, k, s: ResNet(Bottleneck, [3, 4, 6, 3], c, k, s))
 register_model("resnet101")(lambda c, k, s: ResNet(Bottleneck, [3, 4, 23, 3], c, k, s))

@@ -17,12 +17,19 @@ class ConvNet(nn.Module):
 
     ``depth`` blocks of conv 3x3 (``width`` channels) -> instance norm -> ReLU -> 2x2 average
     pooling, then a linear classifier. Instance norm is GroupNorm with one group per channel
-    (affine), as in the DC code. Pooling stops once the feature map is 1 pixel, so any depth
+    (affine), as in the DC code; ``norm="batch"`` is RDED's variant (its released ConvNet
+    teachers use BatchNorm). Pooling stops once the feature map is 1 pixel, so any depth
     works at any input size.
     """
 
     def __init__(
-        self, channels: int, num_classes: int, image_size: int, depth: int = 3, width: int = 128
+        self,
+        channels: int,
+        num_classes: int,
+        image_size: int,
+        depth: int = 3,
+        width: int = 128,
+        norm: str = "instance",
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -30,7 +37,7 @@ class ConvNet(nn.Module):
         for _ in range(depth):
             layers += [
                 nn.Conv2d(in_ch, width, 3, padding=1),
-                nn.GroupNorm(width, width, affine=True),
+                nn.BatchNorm2d(width) if norm == "batch" else nn.GroupNorm(width, width),
                 nn.ReLU(inplace=True),
             ]
             if size >= 2:
