@@ -84,7 +84,7 @@ def evaluate(
         )
     check_teacher_fits(test.info, distilled.info, str(distilled_dir))
     teacher_spec = teacher or distilled.manifest["label_teacher"]["path"]
-    relabeller = load_teacher(teacher_spec)
+    relabeller = load_teacher(teacher_spec, expect=distilled.info)
     relabeller.model.to(resolve_device(device))
     check_teacher_fits(relabeller.info, distilled.info, str(teacher_spec))
     config = {
