@@ -154,7 +154,7 @@ def file_server(tmp_path):
 
 def test_a_tampered_download_is_refused_and_leaves_nothing(file_server, tmp_path, data_root):
     served, url = file_server
-    for name in data_sources.DOWNLOAD_MD5:
+    for name in data_sources.DOWNLOAD_DIGEST:
         if name.endswith("-ubyte.gz"):  # the real files, one of them tampered with
             (served / name).write_bytes((data_root / "fashion-mnist" / name).read_bytes())
     tampered = served / "t10k-labels-idx1-ubyte.gz"
@@ -181,13 +181,13 @@ def test_a_download_that_matches_lands_in_the_data_root(
 ):
     served, url = file_server
     published = {}
-    for name in data_sources.DOWNLOAD_MD5:
+    for name in data_sources.DOWNLOAD_DIGEST:
         if name.endswith("-ubyte.gz"):
             data = (data_root / "fashion-mnist" / name).read_bytes()
             (served / name).write_bytes(data)
             published[name] = hashlib.md5(data).hexdigest()
     # the copies here are Debian's (recompressed), so their digests stand in for the published
-    monkeypatch.setattr(data_sources, "DOWNLOAD_MD5", published)
+    monkeypatch.setattr(data_sources, "DOWNLOAD_DIGEST", published)
     monkeypatch.setenv("INFOUTIL_MIRROR", url)
     monkeypatch.delenv("INFOUTIL_DATA")
     root = tmp_path / "root"

@@ -73,7 +73,8 @@ def data_info(
     download: bool = typer.Option(
         False,
         "--download",
-        help="Fetch it first if missing (cifar10, cifar100 pickles; fashion-mnist).",
+        help="Fetch it first if missing (cifar10, cifar100 pickles; fashion-mnist; the "
+        "320 px imagewoof and imagenette releases).",
     ),
     image_size: int | None = ImageSize,
     data_root: str | None = DataRoot,
@@ -81,6 +82,7 @@ def data_info(
 ) -> None:
     """Load both splits of a dataset and print what infoutil sees: sizes, classes, order."""
     from infoutil.data import load_dataset
+    from infoutil.data.sources import display_name
 
     for split in ("train", "test"):
         ds = load_dataset(
@@ -97,7 +99,8 @@ def data_info(
             f"{ds.info.image_size}, {ds.info.num_classes} classes, per class "
             f"{min(counts)}..{max(counts)}"
         )
-    typer.echo("classes (label order): " + ", ".join(ds.info.class_names))
+    names = [n if display_name(n) == n else f"{n} ({display_name(n)})" for n in ds.info.class_names]
+    typer.echo("classes (label order): " + ", ".join(names))
 
 
 @data_app.command("prepare")

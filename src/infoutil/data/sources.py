@@ -344,19 +344,25 @@ def _load_imagefolder_cached(
 # ---------------------------------------------------------------- CIFAR
 
 
-# published MD5s of the files the downloads fetch (the authors' pages; torchvision uses the same)
-DOWNLOAD_MD5 = {
+# published digests of the files the downloads fetch: MD5 (32 hex digits) or SHA-256 (64).
+# CIFAR and Fashion-MNIST: the authors' pages (torchvision uses the same). fast.ai publishes
+# none for its ImageNet subsets; these are the ones torchvision's Imagenette (MD5) and
+# FastAI.jl's ImageWoof (SHA-256) check the same official archives against.
+DOWNLOAD_DIGEST = {
     "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
     "cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
     "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    "imagenette2-320.tgz": "3df6f0d01a2c9592104656642f5e78a3",
+    "imagewoof2-320.tgz": "4e4905ed7643120daaf9bf3b2ef7f3a7e8396d9bdaf254a38c6f01f618b4973d",
 }
+FASTAI_URL = "https://s3.amazonaws.com/fast-ai-imageclas/{name}2-320.tgz"
 
 
 def _download_all(urls: list[str], dest_dir: Path, cache_dir: Path) -> None:
-    """Fetch every file into a scratch folder, check each against its published MD5, and only
+    """Fetch every file into a scratch folder, check each against its published digest, and only
     then move them into ``dest_dir``: a bad or broken download leaves nothing in the data root.
     ``INFOUTIL_MIRROR`` (a base URL) fetches the same file names from a mirror."""
     import shutil
@@ -372,20 +378,22 @@ def _download_all(urls: list[str], dest_dir: Path, cache_dir: Path) -> None:
                 url = mirror.rstrip("/") + "/" + name
             tmp = Path(scratch) / name
             print(f"downloading {url}")
-            md5 = hashlib.md5()
+            published = DOWNLOAD_DIGEST[name]
+            algorithm = "MD5" if len(published) == 32 else "SHA-256"
+            digest = hashlib.md5() if algorithm == "MD5" else hashlib.sha256()
             try:
                 with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
                     while block := r.read(1 << 20):
-                        md5.update(block)
+                        digest.update(block)
                         f.write(block)
             except OSError as err:
                 raise UserError(
                     f"cannot download {url} ({err}); fetch it by hand into {dest_dir}"
                 ) from err
-            if md5.hexdigest() != DOWNLOAD_MD5[name]:
+            if digest.hexdigest() != published:
                 raise UserError(
-                    f"{url}: the download's MD5 {md5.hexdigest()} is not the published "
-                    f"{DOWNLOAD_MD5[name]}; nothing was written to {dest_dir}, try again or "
+                    f"{url}: the download's {algorithm} {digest.hexdigest()} is not the published "
+                    f"{published}; nothing was written to {dest_dir}, try again or "
                     "fetch it by hand"
                 )
             fetched.append(tmp)
@@ -528,10 +536,13 @@ FASTAI_SUBSET_SIZE = 128
 FASTAI_SUBSETS = {"imagewoof": IMAGEWOOF_CLASSES, "imagenette": IMAGENETTE_CLASSES}
 
 
-def class_display_names(info: DatasetInfo) -> tuple[str, ...]:
-    """Human-readable class names for reports: ImageNet's names for known wnids."""
-    names = {**IMAGEWOOF_CLASSES, **IMAGENETTE_CLASSES}
-    return tuple(names.get(c, c) for c in info.class_names)
+def display_name(class_name: str) -> str:
+    """A class as a person reads it: ImageNet's name for a known wnid, else the name itself."""
+    if class_name in IMAGEWOOF_CLASSES:
+        return IMAGEWOOF_CLASSES[class_name]
+    if class_name in IMAGENETTE_CLASSES:
+        return IMAGENETTE_CLASSES[class_name]
+    return class_name
 
 
 def _fastai_subset_base(root: Path, name: str) -> Path | None:
@@ -551,14 +562,22 @@ def _fastai_subset_base(root: Path, name: str) -> Path | None:
 
 
 def load_fastai_subset(
-    name: str, root: Path | None, split: str, cache_dir: Path, image_size: int | None
+    name: str,
+    root: Path | None,
+    split: str,
+    cache_dir: Path,
+    image_size: int | None,
+    download: bool = False,
 ) -> ImageDataset:
     root = _need_root(root, name)
     base = _fastai_subset_base(root, name)
+    if base is None and download:  # the official 320 px release, checked, then extracted
+        _download_all([FASTAI_URL.format(name=name)], root, cache_dir)
+        base = _fastai_subset_base(root, name)
     if base is None:
         raise UserError(
             f"{name} not found under {root}: expected {name}/train.zip + val.zip, or the "
-            f"official {name}2-320/ (train/, val/) or {name}2-320.tgz"
+            f"official {name}2-320/ (train/, val/) or {name}2-320.tgz (or pass --download)"
         )
     wnids = FASTAI_SUBSETS[name]
     size = image_size or FASTAI_SUBSET_SIZE
@@ -646,31 +665,69 @@ def load_fashion_mnist(root: Path | None, split: str, download: bool, cache_dir:
 # ---------------------------------------------------------------- imagefolder:PATH
 
 
-def load_imagefolder(path: Path, split: str, image_size: int | None) -> ImageDataset:
+def _image_header(open_first: Callable[[], object], label: str) -> tuple[int, int]:
+    """(channels, shorter side) of one image, from its header."""
+    try:
+        with Image.open(open_first()) as im:
+            channels = 1 if im.mode in ("L", "I", "I;16", "1") else 3
+            return channels, min(im.size)
+    except (OSError, SyntaxError) as err:
+        raise UserError(f"{label}: cannot decode this image ({err}); replace or remove it") from err
+
+
+def imagefolder_info(path: Path, image_size: int | None) -> DatasetInfo:
+    """What an ``imagefolder:PATH`` dataset is (classes, size, channels), from a scan of its
+    folders or zips and one image header: nothing is decoded."""
+    return _imagefolder_scan(path, image_size)[0]
+
+
+def _imagefolder_scan(path: Path, image_size: int | None):
     if not path.is_dir():
         raise UserError(f"imagefolder {path} does not exist or is not a directory")
     found = _find_split_sources(path)
-    if found is None or found[0].is_file():
-        raise UserError(f"{path}: expected train/<class>/... and val/ or test/ folders")
-    test_split = found[2]
-    train_classes = _scan_folder_tree(path / "train")
-    test_classes = _scan_folder_tree(path / test_split)
+    if found is None:
+        raise UserError(
+            f"{path}: expected train/<class>/... and val/ or test/ folders, or train.zip and "
+            "val.zip or test.zip"
+        )
+    train_src, test_src, test_split = found
+    if train_src.is_file():  # train.zip + val.zip/test.zip: <split>/<class>/<file> inside
+        with zipfile.ZipFile(train_src) as zf:
+            train_classes = scan_zip(zf, "train", str(train_src))
+            first = train_classes[next(iter(train_classes))][0]
+            channels, smaller = _image_header(lambda: io.BytesIO(zf.read(first)), first)
+        with zipfile.ZipFile(test_src) as zf:
+            test_classes = scan_zip(zf, test_split, str(test_src))
+    else:
+        train_classes = _scan_folder_tree(path / "train")
+        test_classes = _scan_folder_tree(path / test_split)
+        first = path / "train" / train_classes[next(iter(train_classes))][0]
+        channels, smaller = _image_header(lambda: first, str(first))
     class_names = list(train_classes)
     _check_same_classes(class_names, list(test_classes), str(path))
-    classes = train_classes if split == "train" else test_classes
-    split_dir = path / ("train" if split == "train" else test_split)
-    first = split_dir / classes[class_names[0]][0]
-    try:
-        with Image.open(first) as im:
-            channels = 1 if im.mode in ("L", "I", "I;16", "1") else 3
-            smaller_side = min(im.size)
-    except (OSError, SyntaxError) as err:
-        raise UserError(f"{first}: cannot decode this image ({err}); replace or remove it") from err
     # the image size: --image-size, else the first image's shorter side, at most 224
-    size = image_size or min(224, smaller_side)
+    size = image_size or min(224, smaller)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.449,), (0.226,))
     info = DatasetInfo(f"imagefolder:{path}", tuple(class_names), size, channels, mean, std)
-    samples = [(f, class_names.index(c)) for c in class_names for f in classes[c]]
+    return info, found, train_classes, test_classes
+
+
+def load_imagefolder(
+    path: Path, split: str, image_size: int | None, cache_dir: Path | None = None
+) -> ImageDataset:
+    """A folder tree is decoded when asked for (ImageNet-scale trees never fit in memory);
+    zips are decoded once into the array cache, as the named datasets are."""
+    info, (train_src, test_src, test_split), train_classes, test_classes = _imagefolder_scan(
+        path, image_size
+    )
+    if train_src.is_file():
+        return _load_imagefolder_cached(
+            info.name, path, split, info.channels, info.image_size, info.mean, info.std,
+            resolve_cache_dir(cache_dir),
+        )  # fmt: skip
+    classes = train_classes if split == "train" else test_classes
+    split_dir = path / ("train" if split == "train" else test_split)
+    samples = [(f, info.class_names.index(c)) for c in info.class_names for f in classes[c]]
     return FolderImageDataset(info, split, split_dir, samples)
 
 
@@ -735,7 +792,7 @@ def dataset_info(
         classes = tuple(sorted(FASTAI_SUBSETS[name]))
         return DatasetInfo(name, classes, size, 3, IMAGENET_MEAN, IMAGENET_STD)
     if name.startswith("imagefolder:"):  # a directory scan and one image header
-        return load_imagefolder(Path(name.split(":", 1)[1]).expanduser(), "train", image_size).info
+        return imagefolder_info(Path(name.split(":", 1)[1]).expanduser(), image_size)
     if name not in ("cifar100",):
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return None
@@ -744,7 +801,7 @@ def dataset_info(
 def _load_split(name, split, data_root, download, cache_dir, image_size) -> ImageDataset:
     cache = resolve_cache_dir(cache_dir)
     if name.startswith("imagefolder:"):
-        return load_imagefolder(Path(name.split(":", 1)[1]).expanduser(), split, image_size)
+        return load_imagefolder(Path(name.split(":", 1)[1]).expanduser(), split, image_size, cache)
     native = {"cifar10": 32, "cifar100": 32, "fashion-mnist": 28}.get(name)
     if image_size is not None and native is not None and image_size != native:
         raise UserError(
@@ -753,7 +810,7 @@ def _load_split(name, split, data_root, download, cache_dir, image_size) -> Imag
         )
     root = resolve_data_root(data_root)
     if name in FASTAI_SUBSETS:
-        return load_fastai_subset(name, root, split, cache, image_size)
+        return load_fastai_subset(name, root, split, cache, image_size, download)
     loaders = {
         "cifar10": load_cifar10,
         "cifar100": load_cifar100,

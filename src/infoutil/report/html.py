@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from infoutil.data.sources import display_name
 from infoutil.errors import UserError
 from infoutil.evaluation.compare import (
     collect_results,
@@ -51,7 +52,7 @@ def _find(run_dir: Path, name: str) -> list[Path]:
 def distilled_grid_figure(ds, path: Path) -> None:
     """Rows: classes; columns: that class's distilled images (up to 10)."""
     plt = _plt()
-    names = ds.info.class_names
+    names = [display_name(c) for c in ds.info.class_names]
     per_class = [torch.nonzero(ds.labels == c).flatten()[:10] for c in range(len(names))]
     cols = max(len(p) for p in per_class)
     rows = [image_grid(ds.images[p], cols) for p in per_class]
@@ -85,7 +86,7 @@ def candidates_figure(scores: dict, info, path: Path, max_rows: int = 10) -> Non
         smap = scores[attribution][pos].numpy()
         pooled = scores["pooled"][pos].numpy()
         size = img.shape[0]
-        label = info.class_names[int(scores["candidate_labels"][pos])]
+        label = display_name(info.class_names[int(scores["candidate_labels"][pos])])
         ax = axes[r, 0]
         ax.imshow(img, cmap="gray")
         lim = max(abs(smap).max(), 1e-12)
@@ -154,7 +155,7 @@ def grad_norm_figure(scores: dict, info, path: Path) -> None:
         ax.hist(mine.numpy(), bins=30, color="#8aa")
         if len(picked):
             ax.axvline(float(picked.min()), color="red", lw=1.5)
-        ax.set_title(info.class_names[c], fontsize=8)
+        ax.set_title(display_name(info.class_names[c]), fontsize=8)
         ax.tick_params(labelsize=7)
     for c in range(n, rows * cols):
         axes[c // cols][c % cols].axis("off")
@@ -191,7 +192,7 @@ def diagnostics_figure(diag: dict, path: Path) -> None:
     b.set_title("classes the teacher predicts for the selected patches", fontsize=9)
     for ax in (a, b):
         ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+        ax.set_xticklabels([display_name(n) for n in names], rotation=45, ha="right", fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -208,7 +209,7 @@ def diagnostics_table(diag: dict) -> str:
     ]
     head = "".join(f"<th>{c}</th>" for c, _, _ in cols)
     rows = []
-    groups = [("all classes", "overall")] + [(n, n) for n in diag["class_names"]]
+    groups = [("all classes", "overall")] + [(display_name(n), n) for n in diag["class_names"]]
     for label, key in groups:
         for which in ("selected", "pool"):
             d = diag[which]["overall"] if key == "overall" else diag[which]["per_class"][key]
