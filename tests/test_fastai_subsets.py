@@ -3,11 +3,8 @@ checked download, and imagefolder:PATH over zips, each decoded once into the arr
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -89,19 +86,6 @@ def test_the_wrong_classes_are_refused(tmp_path, woof_sample):
     (base / "val" / "n02115641").rename(base / "val" / "dingo")
     with pytest.raises(UserError, match="are not imagewoof's 10 wnids"):
         load_dataset("imagewoof", "train", tmp_path / "root", cache_dir=tmp_path / "c")
-
-
-@pytest.fixture
-def file_server(tmp_path):
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield served, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
 
 
 def test_download_checks_the_digest_then_extracts(file_server, tmp_path, woof_sample, monkeypatch):

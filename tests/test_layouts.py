@@ -3,12 +3,9 @@ downloads that check the published checksum before anything reaches the data roo
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -135,21 +132,6 @@ def test_image_size_is_set_recorded_and_checked(tmp_path, data_root):
         str(tmp_path / "x"),
     )
     assert_one_line_error(proc, "expects 3x24x24 inputs", "gives 3x32x32")
-
-
-@pytest.fixture
-def file_server(tmp_path):
-    """An HTTP server on 127.0.0.1 serving a folder; yields (folder, base URL)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield served, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
 
 
 def test_a_tampered_download_is_refused_and_leaves_nothing(file_server, tmp_path, data_root):
