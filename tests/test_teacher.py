@@ -87,3 +87,44 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
     assert torch.equal(
         load_teacher(whole).model.net.fc.weight, load_teacher(killed).model.net.fc.weight
     )
+
+
+@pytest.mark.slow
+def test_a_compiled_teacher_learns_what_an_eager_one_does(tmp_path, data_root):
+    """--compile (the 128 px teachers' route) changes the last bits only."""
+    from infoutil.config import TeacherConfig
+    from infoutil.training.teacher import train_teacher
+
+    runs = {}
+    for compiled in (False, True):
+        cfg = TeacherConfig(
+            dataset="fashion-mnist", epochs=1, train_per_class=20, test_per_class=20,
+            compile=compiled,
+        )  # fmt: skip
+        out = tmp_path / str(compiled)
+        train_teacher(cfg, out, data_root=str(data_root), progress_bar=False)
+        runs[compiled] = load_teacher(out).model.state_dict()
+    for name, eager in runs[False].items():
+        assert torch.allclose(runs[True][name], eager, rtol=1e-3, atol=1e-4), name
+    assert json.loads((tmp_path / "True" / "config.json").read_text())["compile"] is True
+
+
+def test_a_machine_that_cannot_compile_is_refused_at_the_first_step(tmp_path, monkeypatch):
+    import torch._dynamo
+    import torch._inductor.config as inductor
+
+    from infoutil.runtime import compiled_or_refused
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing compiled to reuse
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
+    torch._dynamo.reset()
+    try:
+        # a pointwise op between the matmuls: inductor must generate (and compile) C++ for it
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+        model = compiled_or_refused(net, "the student")
+        with pytest.raises(UserError, match="cannot build the student here") as err:
+            model(torch.rand(3, 4))
+        assert "\n" not in str(err.value)
+    finally:
+        torch._dynamo.reset()

@@ -424,6 +424,11 @@ def evaluate(
     epochs: int | None = typer.Option(None, "--epochs"),
     seeds: int = typer.Option(1, "--seeds", help="Train this many students (seeds 0..N-1)."),
     autoaugment: bool | None = typer.Option(None, "--autoaugment/--no-autoaugment"),
+    compile_model: bool | None = typer.Option(
+        None,
+        "--compile/--no-compile",
+        help="Train students (and relabel) through torch.compile (needs a C++ compiler).",
+    ),
     config: Path | None = ConfigFile,
     resume: bool = Resume,
     overwrite: bool = Overwrite,
@@ -440,7 +445,7 @@ def evaluate(
     _setup(threads)
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    flags = {"epochs": epochs, "autoaugment": autoaugment}
+    flags = {"epochs": epochs, "autoaugment": autoaugment, "compile": compile_model}
     proto = _config(ProtocolConfig, config, flags, base=PROTOCOLS[protocol].model_dump())
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, not {seeds}")

@@ -265,6 +265,10 @@ class ProtocolConfig(Strict):
     probe_images: int = Field(2000, ge=1)
     test_per_class: int | None = Field(None, ge=1)  # None: the whole test set (quick checks)
     eval_batch_size: int = Field(500, ge=1)
+    # ours: the student's training steps and the teacher's online labels through torch.compile
+    # (inductor); opt-in, as for teachers: it needs a C++ compiler, and its numbers differ from
+    # eager ones in the last bits
+    compile: bool = False
 
 
 PROTOCOLS = {

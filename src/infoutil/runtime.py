@@ -167,3 +167,33 @@ def resolve_device(name: str | None = None) -> torch.device:
 
         raise UserError("--device cuda was asked for but no GPU is available; use --device cpu")
     return device
+
+
+class _RefusingCompiled(torch.nn.Module):
+    """A compiled module whose first call turns a compiler failure into one line."""
+
+    def __init__(self, compiled: torch.nn.Module, what: str):
+        super().__init__()
+        self.compiled, self.what, self.built = compiled, what, False
+
+    def forward(self, *args, **kwargs):
+        if self.built:
+            return self.compiled(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as err:  # inductor raises many kinds; all mean "cannot compile here"
+            from infoutil.errors import UserError
+
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            raise UserError(
+                f"compile: torch.compile cannot build {self.what} here ({lines[0][:160]}); "
+                "install a C++ compiler or leave compile off"
+            ) from err
+        self.built = True
+        return out
+
+
+def compiled_or_refused(model: torch.nn.Module, what: str) -> torch.nn.Module:
+    """``model`` through ``torch.compile``; built at its first call, where a machine that
+    cannot compile is refused in one line (seconds after the start, before the long work)."""
+    return _RefusingCompiled(torch.compile(model), what)

@@ -34,7 +34,7 @@ from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_save_tensors
 from infoutil.io.distilled import DistilledSet
 from infoutil.models import create_model
-from infoutil.runtime import fault_point, generator, progress
+from infoutil.runtime import compiled_or_refused, fault_point, generator, progress
 from infoutil.training.teacher import cosine_lr, param_groups
 
 # RDED's AdamW learning rate per student (argument.py); 1e-3 for every other model.
@@ -133,6 +133,10 @@ def train_student(
     if state_path is not None and state_path.is_file():
         start, run.curve = _load_state(state_path, model, opt)
     ddp_model = ctx.wrap(model)
+    relabel = teacher
+    if protocol.compile:
+        ddp_model = compiled_or_refused(ddp_model, "the student")
+        relabel = None if teacher is None else compiled_or_refused(teacher, "the teacher")
     bar = progress(
         total=protocol.epochs,
         initial=start,
@@ -166,7 +170,7 @@ def train_student(
             if protocol.labels == "online":
                 x = ctx.shard_batch(x).to(device)
                 with torch.no_grad():
-                    target = torch.softmax(teacher(x) / T, 1)
+                    target = torch.softmax(relabel(x) / T, 1)
             else:
                 p = targets_static[idx]
                 x, target = ctx.shard_batch(x, kept * p + (1 - kept) * p[perm])

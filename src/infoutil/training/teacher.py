@@ -26,6 +26,7 @@ from infoutil.io.checkpoint import completed_epochs, epoch_paths, save_teacher_e
 from infoutil.io.lock import output_lock
 from infoutil.models import Classifier, create_model
 from infoutil.runtime import (
+    compiled_or_refused,
     fault_point,
     generator,
     is_main_process,
@@ -152,8 +153,8 @@ def train_teacher(
         ddp_model = ctx.wrap(model)
         eval_model: torch.nn.Module = model
         if cfg.compile:
-            ddp_model = torch.compile(ddp_model)
-            eval_model = torch.compile(model)
+            ddp_model = compiled_or_refused(ddp_model, "the teacher")
+            eval_model = compiled_or_refused(model, "the teacher")
 
         n = len(train)
         steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -182,8 +183,7 @@ def train_teacher(
                 x, y = x.to(compute), y.to(compute)
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(cfg.lr, epoch * steps_per_epoch + step, total_steps)
-                logits = _first_forward(ddp_model, x) if step == 0 else ddp_model(x)
-                loss = F.cross_entropy(logits, y, reduction="sum") * ctx.world_size / len(idx)
+                loss = F.cross_entropy(ddp_model(x), y, reduction="sum") * ctx.world_size / len(idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -234,21 +234,6 @@ def train_teacher(
                     )
             ctx.barrier()
         return meta
-
-
-def _first_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """An epoch's first forward, where a compiled model is built: a machine that cannot
-    compile is refused in one line, seconds after the start."""
-    try:
-        return model(x)
-    except Exception as err:  # inductor raises many kinds; all mean "cannot compile here"
-        if not hasattr(model, "_orig_mod"):
-            raise
-        lines = str(err).strip().splitlines() or [type(err).__name__]
-        raise UserError(
-            f"teacher compile: torch.compile cannot build the model here ({lines[0][:160]}); "
-            "install a C++ compiler or leave out --compile"
-        ) from err
 
 
 class _null:
