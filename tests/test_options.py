@@ -30,7 +30,8 @@ def run(fmnist_teacher, data_root, tmp_path_factory):
             )
             manifest = json.loads((out / "manifest.json").read_text())
             manifest["run_stats"] = json.loads((out / "run_stats.json").read_text())
-            done[name] = (manifest, load_file(str(out / "scores.safetensors")))
+            scores = out / "scores.safetensors"  # random scores nothing
+            done[name] = (manifest, load_file(str(scores)) if scores.is_file() else {})
         return done[name]
 
     return go
@@ -119,6 +120,31 @@ def test_attribution_controls(run):
     assert torch.equal(rand["random"], again["random"])  # seeded per candidate
     _, base = run("base")
     assert not torch.equal(rand["boxes"], base["boxes"])
+
+
+def test_rded_crops_as_the_crop_position(run):
+    """attribution=rded: no map; the candidates' crops are RDED's own random squares (the
+    boxes the rded method draws for the same pool and seed), scored by our utility rule."""
+    manifest, ours = run("rded-crops", factor=2, ipc=1, informativeness={"attribution": "rded"})
+    _, theirs = run("rded-method", method="rded", factor=2, ipc=1)
+    assert "shapley" not in ours and "pooled" not in ours
+    assert torch.equal(ours["candidates"], theirs["candidates"])
+    assert torch.equal(ours["boxes"], theirs["boxes"])  # 5 random squares a candidate
+    for image in manifest["images"]:
+        for patch in image["patches"]:
+            row = int((ours["candidates"] == patch["source_index"]).nonzero())
+            assert patch["box"] in ours["boxes"][row].tolist()
+
+
+def test_random_windows_stitch_random_real_crops(run):
+    manifest, _ = run("random-windows", method="random", factor=2, ipc=1,
+                      random={"patches": "windows"})  # fmt: skip
+    patches = [p for image in manifest["images"] for p in image["patches"]]
+    assert len(patches) == 4 * 10 and len({p["source_index"] for p in patches}) == 40
+    assert all(p["box"][2:] == [14, 14] for p in patches)  # native quarters of 28 px
+    assert len({tuple(p["box"][:2]) for p in patches}) > 1  # at random positions
+    whole, _ = run("random-whole", method="random", factor=2, ipc=1)
+    assert all(len(image["patches"]) == 1 for image in whole["images"])
 
 
 def test_the_gradient_norm_at_an_earlier_checkpoint(run, fmnist_teacher):

@@ -87,10 +87,12 @@ class InformativenessConfig(Strict):
 
     grid: int = Field(4, ge=1)  # paper: 4x4 patches are the players
     # where the crop goes: the Shapley map (paper); Grad-CAM on the same cells (the paper's
-    # Table 8 control); a random position of the same window size (is attribution worth it?)
-    # or an amortised explainer of the same Shapley game (FastSHAP; ours, opt-in: one
-    # forward per candidate after training on part of the pool)
-    attribution: Literal["shapley", "gradcam", "random", "fastshap"] = "shapley"
+    # Table 8 control); a random position of the same window size (is attribution worth it?);
+    # RDED's crops (its rded.num_crops random squares of rded.min_scale to the whole image,
+    # the same boxes as the rded method's, no map; a control) or an amortised explainer of
+    # the same Shapley game (FastSHAP; ours, opt-in: one forward per candidate after training
+    # on part of the pool)
+    attribution: Literal["shapley", "gradcam", "random", "rded", "fastshap"] = "shapley"
     fastshap: AmortizedConfig = AmortizedConfig()
     # ours (the paper used Captum's KernelShap): Leverage SHAP's coalitions with a
     # Gaussian-process solve, 2.5-3.5x smaller error per evaluation on image games
@@ -182,6 +184,15 @@ class UtilityConfig(Strict):
     batch_size: int = Field(16, ge=1)  # crops per vmap call (small is faster on CPU)
 
 
+class RandomConfig(Strict):
+    """The ``random`` baseline: real images drawn with the seed."""
+
+    # whole: IPC whole images per class at any factor (DD-Ranking's reference); windows
+    # (ours, the crop-level control at factor >= 2): factor^2 x IPC images per class, each
+    # cut to a native window of side size/factor at a random position, stitched
+    patches: Literal["whole", "windows"] = "whole"
+
+
 class RdedConfig(Strict):
     """RDED's selection (anchors.md §1.3): random resized crops scored by teacher CE."""
 
@@ -227,6 +238,7 @@ class DistillConfig(HoldsOutValidation):
     informativeness: InformativenessConfig = InformativenessConfig()
     utility: UtilityConfig = UtilityConfig()
     rded: RdedConfig = RdedConfig()
+    random: RandomConfig = RandomConfig()
     forward_batch_size: int = Field(512, ge=1)  # images per teacher forward
 
     @model_validator(mode="before")

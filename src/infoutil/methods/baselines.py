@@ -20,38 +20,65 @@ from infoutil.methods.common import (
     full_box,
 )
 from infoutil.runtime import generator
+from infoutil.selection.crops import crop_and_resize
 from infoutil.selection.diagnostics import ScoredPatches
 
 
 def select_random(mc: MethodContext) -> Selection:
     """IPC real images per class, drawn with the seed from the whole class.
 
-    Kept whole at any factor: DD-Ranking's "random" reference. The set still records the
-    factor, so the protocol augments and labels its images as it does every method's.
+    ``random.patches: whole`` keeps them whole at any factor: DD-Ranking's "random"
+    reference. The set still records the factor, so the protocol augments and labels its
+    images as it does every method's. ``windows`` draws factor^2 x IPC images per class and
+    cuts each to a native window of side size/factor at a random position: random real crops,
+    stitched like every method's patches.
     """
-    info, box = mc.train.info, full_box(mc.train.info)
+    info, f = mc.train.info, mc.factor
+    windows = mc.cfg.random.patches == "windows" and f > 1
+    per_class = mc.cfg.ipc * (f * f if windows else 1)
     counts = [int((mc.train.targets == c).sum()) for c in range(info.num_classes)]
-    check_supply(counts, mc.cfg.ipc, info, "images", "lower --ipc")
+    check_supply(counts, per_class, info, "images", "lower --ipc")
     patches = []
     for c in range(info.num_classes):
         idx = mc.train.class_indices(c)
         pick = torch.randperm(len(idx), generator=generator("random", mc.cfg.seed, c))
-        patches.append([Patch(int(i), box) for i in idx[pick[: mc.cfg.ipc]].tolist()])
+        sources = idx[pick[:per_class]].tolist()
+        boxes = [
+            random_window(info, f, generator("random-window", mc.cfg.seed, i)) if windows
+            else full_box(info)
+            for i in sources
+        ]  # fmt: skip
+        patches.append([Patch(i, b) for i, b in zip(sources, boxes, strict=True)])
     chosen = torch.tensor([p.source for row in patches for p in row])
+    boxes = torch.tensor([p.box for row in patches for p in row])
+    size = (info.image_size, info.image_size)
     with torch.inference_mode():
-        logits = torch.cat([mc.teacher.model(mc.images(part)).cpu() for part in chosen.split(256)])
-    selected = ScoredPatches.from_logits(
-        chosen, mc.train.targets[chosen], torch.tensor([box] * len(chosen)), logits
-    )
+        logits = torch.cat(
+            [
+                mc.teacher.model(crop_and_resize(mc.images(part), boxes[rows], size)).cpu()
+                for part, rows in zip(
+                    chosen.split(256), torch.arange(len(chosen)).split(256), strict=True
+                )
+            ]
+        )
+    selected = ScoredPatches.from_logits(chosen, mc.train.targets[chosen], boxes, logits)
     # the contrast: the seeded candidate pool, a uniform sample of each class
     _, pool = _pool_features(mc)
     return Selection(
         patches,
-        mc.factor,
-        layout="whole images",
+        f,
+        layout="patches" if windows else "whole images",
         selected_scored=selected,
         pool_scored=pool,
     )
+
+
+def random_window(info, factor: int, g: torch.Generator) -> tuple[int, int, int, int]:
+    """A native window of side size/factor at a uniformly random position."""
+    side = max(1, info.image_size // factor)
+    top = int(torch.randint(0, info.image_size - side + 1, (), generator=g))
+    left = int(torch.randint(0, info.image_size - side + 1, (), generator=g))
+    return (top, left, side, side)
 
 
 def _pool_features(mc: MethodContext) -> tuple[torch.Tensor, ScoredPatches]:

@@ -2,7 +2,8 @@
 
 1. Informativeness: an attribution map of each candidate's ``grid x grid`` patches under the
    teacher (the Shapley values; Grad-CAM or a random map as controls); ``num_crops`` crops at
-   the argmax of the pooled map, all but the last with noise.
+   the argmax of the pooled map, all but the last with noise. (The ``rded`` control draws no
+   map: its crops are RDED's random squares of the candidate.)
 2. Utility: the teacher's hard-label gradient norm on each crop; a rule keeps ``k x IPC`` crops
    per class (the paper: the highest norms; ``selection.utility.UTILITY_RULES``).
 Assembly and soft labels are common to all methods (``methods.common``).
@@ -43,23 +44,20 @@ from infoutil.selection.crops import (
     informative_crops,
     noise_sigma,
     pool_map,
+    rded_crops,
     settled_crops,
+    unique_crops,
+    window_kernel,
 )
 from infoutil.selection.diagnostics import ScoredPatches
-from infoutil.selection.utility import UTILITY_RULES, ClassCrops, grad_norms_and_logits
+from infoutil.selection.utility import (
+    UTILITY_RULES,
+    ClassCrops,
+    grad_norms_and_logits,
+    last_layer_pieces,
+)
 
 REPORT_SAMPLES = 2  # candidates per class whose pixels are kept for the report
-
-
-def unique_crops(boxes: torch.Tensor) -> torch.Tensor:
-    """``[B, K]`` bool: the first of each identical box within a candidate."""
-    keep = torch.ones(boxes.shape[:2], dtype=torch.bool)
-    for i in range(boxes.shape[0]):
-        seen = set()
-        for j, box in enumerate(map(tuple, boxes[i].tolist())):
-            keep[i, j] = box not in seen
-            seen.add(box)
-    return keep
 
 
 def map_key(inf, kernel: int) -> dict:
@@ -109,14 +107,6 @@ def masked_teacher(mc: MethodContext, candidates: torch.Tensor):
         return built[0]
 
     return teacher
-
-
-def window_kernel(inf, factor: int) -> int:
-    """The crop window in grid cells per side: the configured one, or the patch's own share
-    of the image (grid / factor: the whole image at factor 1, a quarter at factor 2)."""
-    if inf.pool_kernel is not None:
-        return inf.pool_kernel
-    return max(1, inf.grid // factor)
 
 
 def attribution_maps(mc: MethodContext, candidates: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -280,7 +270,10 @@ def select(mc: MethodContext) -> Selection:
     cfg, inf, util = mc.cfg, mc.cfg.informativeness, mc.cfg.utility
     train, judge, info = mc.train, mc.teacher, mc.train.info
     candidates = candidate_pool(train, cfg.candidates_per_class, cfg.seed)
-    labels, k = train.targets, inf.num_crops
+    labels = train.targets
+    # RDED's crops (the crop-position control): its random squares, scored by our rule
+    rded_boxes = inf.attribution == "rded"
+    k = cfg.rded.num_crops if rded_boxes else inf.num_crops
     need = mc.patches_per_image * cfg.ipc
     one_per_source = util.per_source == "best"
     # refused before any scoring: each class must offer enough crops (or images)
@@ -332,7 +325,7 @@ def select(mc: MethodContext) -> Selection:
     def embedded(pool: ScoredPatches, rows: torch.Tensor):
         # the cluster rule's features cost a forward per crop: timed and counted as a stage
         mc.timer.count(RULE_STAGE, len(rows))
-        return _last_layer(utility_model.model, crops_of, pool, rows)
+        return last_layer_pieces(utility_model.model, crops_of, pool, rows)
 
     def keep_by_rule(c: int, rows: torch.Tensor, pool: ScoredPatches, norms, count: int):
         crops = ClassCrops(
@@ -361,7 +354,8 @@ def select(mc: MethodContext) -> Selection:
     # move it, so none is computed (and none is recorded), and no shortlist is needed
     kernel = window_kernel(inf, mc.factor)
     whole_image = kernel == inf.grid
-    if inf.shortlist is not None and not whole_image:
+    no_map = whole_image or rded_boxes
+    if inf.shortlist is not None and not no_map:
         # a cheap first pass: the same rule on whole images keeps the candidates worth a map
         whole = torch.tensor([list(full_box(info))])
         first = chunked_scores(
@@ -392,7 +386,7 @@ def select(mc: MethodContext) -> Selection:
             ]
         candidates = candidates[torch.cat(kept).sort().values]
 
-    if whole_image:
+    if no_map:
         maps = torch.zeros((len(candidates), inf.grid, inf.grid))
     else:
         maps = attribution_maps(mc, candidates, kernel)
@@ -401,6 +395,10 @@ def select(mc: MethodContext) -> Selection:
 
     def utility_chunk(sl: slice) -> dict[str, torch.Tensor]:
         idx = candidates[sl]
+        if rded_boxes:
+            boxes = rded_crops(idx.tolist(), size[0], k, cfg.rded.min_scale, cfg.seed)
+            keep = unique_crops(boxes) if inf.dedupe else torch.ones(boxes.shape[:2], dtype=bool)
+            return {"boxes": boxes, **scored(idx, boxes, keep)}
         gens = [generator("crops", cfg.seed, int(i)) for i in idx]
         boxes = informative_crops(
             maps[sl],
@@ -417,6 +415,7 @@ def select(mc: MethodContext) -> Selection:
     utility_key = dict(
         # no map moves a whole-image crop, so the map's settings do not key its scores
         {} if whole_image else map_key(inf, kernel),
+        **({"rded_min_scale": cfg.rded.min_scale} if rded_boxes else {}),
         **base_key,
         pool_kernel=kernel,
         num_crops=k,
@@ -470,7 +469,7 @@ def select(mc: MethodContext) -> Selection:
                     "grad_norm": float(norms.flatten()[flat[i]]),
                     **(
                         {}
-                        if whole_image
+                        if no_map
                         else {f"{inf.attribution}_map": maps[int(flat[i]) // k].tolist()}
                     ),
                 },
@@ -492,7 +491,7 @@ def select(mc: MethodContext) -> Selection:
     scores = {
         "candidates": candidates,
         "candidate_labels": labels[candidates],
-        **({} if whole_image else {inf.attribution: maps, "pooled": pooled.float()}),
+        **({} if no_map else {inf.attribution: maps, "pooled": pooled.float()}),
         "boxes": boxes,
         "grad_norm": norms,
         "teacher_prob": crops["prob"],
@@ -530,16 +529,3 @@ def _pool_key(candidates: torch.Tensor, inf) -> dict:
     if inf.shortlist is None:
         return {}
     return {"pool": hashlib.sha256(candidates.numpy().astype("<i8").tobytes()).hexdigest()[:16]}
-
-
-@torch.inference_mode()
-def _last_layer(model, crops_of, pool: ScoredPatches, rows: torch.Tensor):
-    """(p - e_y, h) of the crops ``rows``: the pieces of their last-layer gradients."""
-    errs, feats = [], []
-    for part in torch.split(rows, 256):
-        x = crops_of(pool.source[part], pool.box[part][:, None])
-        h = model.features(x).double()
-        p = torch.softmax(model.fc(h.float()).double(), 1)
-        errs.append(p - torch.nn.functional.one_hot(pool.label[part].to(p.device), p.shape[1]))
-        feats.append(h)
-    return torch.cat(errs).cpu(), torch.cat(feats).cpu()

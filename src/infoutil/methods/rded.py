@@ -14,8 +14,6 @@ dataset mean colour), as RDED pads normalised tensors; ties go to the lower inde
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -29,19 +27,9 @@ from infoutil.methods.common import (
     chunked_scores,
     resize_to,
 )
-from infoutil.runtime import generator
-from infoutil.selection.crops import crop_and_resize
+from infoutil.selection.crops import crop_and_resize, rded_crops
 from infoutil.selection.diagnostics import ScoredPatches
 from infoutil.selection.utility import top_k_per_class
-
-
-def random_square_box(size: int, min_scale: float, g: torch.Generator) -> tuple[int, int, int, int]:
-    """A square box covering a uniform fraction in (min_scale, 1) of the image area."""
-    scale = min_scale + (1 - min_scale) * float(torch.rand((), generator=g))
-    side = max(1, min(size, round(math.sqrt(scale) * size)))
-    top = int(torch.randint(0, size - side + 1, (), generator=g))
-    left = int(torch.randint(0, size - side + 1, (), generator=g))
-    return (top, left, side, side)
 
 
 def select(mc: MethodContext) -> Selection:
@@ -55,17 +43,7 @@ def select(mc: MethodContext) -> Selection:
     @torch.inference_mode()
     def score_chunk(sl: slice) -> dict[str, torch.Tensor]:
         idx = candidates[sl]
-        boxes = torch.tensor(
-            [
-                [
-                    random_square_box(
-                        size, cfg.rded.min_scale, generator("rded", cfg.seed, int(i), j)
-                    )
-                    for j in range(k)
-                ]
-                for i in idx.tolist()
-            ]
-        )
+        boxes = rded_crops(idx.tolist(), size, k, cfg.rded.min_scale, cfg.seed)
         images = mc.images(idx).repeat_interleave(k, 0)
         crops = crop_and_resize(images, boxes.flatten(0, 1), (patch, patch), "resize")
         if f > 1:

@@ -10,10 +10,13 @@ Ties go to the first cell in row-major order, so equal maps always give the same
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from infoutil.attribution.patch import patch_bounds
+from infoutil.runtime import generator
 
 
 def pool_map(shapley_maps: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -159,3 +162,47 @@ def crop_and_resize(
         else:
             raise ValueError(f"unknown crop input mode {mode!r}; choose 'resize' or 'pad'")
     return torch.stack(out)
+
+
+def random_square_box(size: int, min_scale: float, g: torch.Generator) -> tuple[int, int, int, int]:
+    """A square box covering a uniform fraction in (min_scale, 1) of the image area."""
+    scale = min_scale + (1 - min_scale) * float(torch.rand((), generator=g))
+    side = max(1, min(size, round(math.sqrt(scale) * size)))
+    top = int(torch.randint(0, size - side + 1, (), generator=g))
+    left = int(torch.randint(0, size - side + 1, (), generator=g))
+    return (top, left, side, side)
+
+
+def rded_crops(
+    candidates: list[int], size: int, num_crops: int, min_scale: float, seed: int
+) -> torch.Tensor:
+    """RDED's crop boxes ``[B, num_crops, 4]``: random squares of the candidates, drawn from
+    the same generators as the ``rded`` method's, so both see the same crops of a pool."""
+    return torch.tensor(
+        [
+            [
+                random_square_box(size, min_scale, generator("rded", seed, i, j))
+                for j in range(num_crops)
+            ]
+            for i in candidates
+        ]
+    )
+
+
+def unique_crops(boxes: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` bool: the first of each identical box within a candidate."""
+    keep = torch.ones(boxes.shape[:2], dtype=torch.bool)
+    for i in range(boxes.shape[0]):
+        seen = set()
+        for j, box in enumerate(map(tuple, boxes[i].tolist())):
+            keep[i, j] = box not in seen
+            seen.add(box)
+    return keep
+
+
+def window_kernel(inf, factor: int) -> int:
+    """The crop window in grid cells per side: the configured one, or the patch's own share
+    of the image (grid / factor: the whole image at factor 1, a quarter at factor 2)."""
+    if inf.pool_kernel is not None:
+        return inf.pool_kernel
+    return max(1, inf.grid // factor)

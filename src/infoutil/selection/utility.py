@@ -345,3 +345,16 @@ UTILITY_RULES: dict[str, Callable[..., torch.Tensor]] = {
     "badge": rule_badge,
     "cluster": rule_cluster,
 }
+
+
+@torch.inference_mode()
+def last_layer_pieces(model, crops_of, pool, rows: torch.Tensor):
+    """(p - e_y, h) of the crops ``rows``: the pieces of their last-layer gradients."""
+    errs, feats = [], []
+    for part in torch.split(rows, 256):
+        x = crops_of(pool.source[part], pool.box[part][:, None])
+        h = model.features(x).double()
+        p = torch.softmax(model.fc(h.float()).double(), 1)
+        errs.append(p - torch.nn.functional.one_hot(pool.label[part].to(p.device), p.shape[1]))
+        feats.append(h)
+    return torch.cat(errs).cpu(), torch.cat(feats).cpu()
