@@ -26,6 +26,8 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import yaml
+
 # name -> (method, options). Options are DistillConfig keys; absent keys keep the defaults.
 PAPER = {"recipe": "paper"}
 BASELINES = {
@@ -121,7 +123,46 @@ def _variants() -> dict[str, tuple[str, dict]]:
         )
     v["k4-cluster-medoid"] = changed("k4-cluster-best", "utility", cluster_pick="medoid")
     v["k4-cluster-best-early-utility"] = changed("k4-cluster-best", "utility", teacher_epoch=2)
+    v.update(_high_resolution_variants())
     return v
+
+
+def default(**sections) -> tuple[str, dict]:
+    """The default recipe with ``sections`` (informativeness, utility, or top-level keys)."""
+    return "infoutil", {"recipe": "default", **sections}
+
+
+def _high_resolution_variants() -> dict[str, tuple[str, dict]]:
+    """Issue "InfoUtil at high resolution" (ImageWoof, 128 px, factor 2): the controls of the
+    crop's position under our utility rule (the paper's Tables 6 and 8 asked with our rule),
+    the rules on the Shapley crops, and the ideas that could make the map matter more."""
+    v = {
+        # random real images cut to four random native quarters, stitched
+        "random-windows": ("random", {"random": {"patches": "windows"}}),
+        # where the crop goes
+        "default-random-window": default(informativeness={"attribution": "random"}),
+        "default-gradcam": default(informativeness={"attribution": "gradcam"}),
+        "default-rded-crop": default(informativeness={"attribution": "rded"}),
+        "default-f1": default(factor=1),  # whole images, one per distilled image
+        # the map's own knobs
+        "default-grid8": default(informativeness={"grid": 8}),
+        "default-logit": default(informativeness={"target": "logit"}),
+        "default-blur": default(informativeness={"baseline": "blur"}),
+        "default-mean": default(informativeness={"baseline": "mean"}),
+        "default-k3": default(informativeness={"pool_kernel": 3}),  # 96 px windows, scaled
+        "default-all-sources": default(utility={"per_source": "all"}),
+    }
+    for rule in ("highest", "lowest", "strata", "badge"):  # cluster is the default's
+        v[f"default-{rule}"] = default(utility={"select": rule})
+    return v
+
+
+def with_map_engine(method: str, options: dict, engine: dict) -> dict:
+    """``engine`` (informativeness keys that change how maps are computed, not what they
+    estimate: precision, compile, early stop) applied to an InfoUtil variant."""
+    if method != "infoutil" or not engine:
+        return options
+    return {**options, "informativeness": {**options.get("informativeness", {}), **engine}}
 
 
 VARIANTS = _variants()
@@ -139,6 +180,7 @@ def run_one(job: dict) -> dict:
 
     name, ipc, work = job["variant"], job["ipc"], Path(job["work"])
     method, options = VARIANTS[name]
+    options = with_map_engine(method, options, job["map_engine"])
     labels = f"-labels-{job['label_name']}" if job["label_teacher"] else ""
     tag = f"{name}-ipc{ipc}{labels}"
     distilled = work / "distilled" / tag
@@ -162,7 +204,9 @@ def run_one(job: dict) -> dict:
             overwrite=distilled.exists(),
             progress=False,
         )
-    protocol = PROTOCOLS["rded"].model_copy(update={"epochs": job["epochs"]})
+    protocol = PROTOCOLS["rded"].model_copy(
+        update={"epochs": job["epochs"], "compile": job["compile"]}
+    )
     split = job["split"]
     run = f"{tag}-{split}" + (f"-e{job['epochs']}" if job["epochs"] != 100 else "")
     out = work / "eval" / run
@@ -187,6 +231,9 @@ def run_one(job: dict) -> dict:
     manifest = json.loads((distilled / "manifest.json").read_text())
     diag = manifest["diagnostics"]
     (dest / "diagnostics.json").write_text(json.dumps(diag, indent=2, sort_keys=True) + "\n")
+    # the distil's cost per stage, beside the accuracy (cached stages count as they first ran)
+    stats = json.loads((distilled / "run_stats.json").read_text())
+    (dest / "run_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     shutil.copy(out / "curve.png", dest / "curve.png")
     sel = diag["selected"]["overall"]
     print(
@@ -267,6 +314,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument(
+        "--map-engine",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="informativeness keys for every InfoUtil variant that change how its maps are "
+        "computed, not what they estimate (precision=bf16 compile=true early_stop_z=1.5)",
+    )
+    ap.add_argument("--compile", action="store_true", help="students through torch.compile")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--work")
     ap.add_argument("--results", required=True)
@@ -303,6 +359,10 @@ def main() -> None:
             "work",
             "results",
         )
+    }
+    base["compile"] = args.compile
+    base["map_engine"] = {
+        k: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in args.map_engine)
     }
     jobs = [dict(base, variant=n, ipc=ipc) for ipc in args.ipc for n in names]
     if args.workers > 1:

@@ -292,3 +292,25 @@ def test_fastshap_refuses_unpaired_coalitions():
 
     with pytest.raises(UserError, match="even"):
         DistillConfig(dataset="cifar10", ipc=1, informativeness={"fastshap": {"coalitions": 7}})
+
+
+def test_every_study_variant_is_a_valid_config():
+    """benchmarks/study.py's variants (the high-resolution controls among them) are configs
+    that distill accepts, with and without a map engine."""
+    import importlib.util
+    from pathlib import Path
+
+    from infoutil.config import DistillConfig
+
+    path = Path(__file__).parents[1] / "benchmarks" / "study.py"
+    spec = importlib.util.spec_from_file_location("study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    engine = {"precision": "bf16", "compile": True}
+    for name, (method, options) in study.VARIANTS.items():
+        for opts in (options, study.with_map_engine(method, options, engine)):
+            cfg = DistillConfig(method=method, dataset="imagewoof", ipc=10, **opts)
+            assert cfg.method == method, name
+    rded_crop = DistillConfig(dataset="imagewoof", ipc=1, **study.VARIANTS["default-rded-crop"][1])
+    assert rded_crop.informativeness.attribution == "rded"
+    assert rded_crop.utility.select == "cluster"  # the default's rule, only the crops differ
