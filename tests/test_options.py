@@ -314,3 +314,19 @@ def test_every_study_variant_is_a_valid_config():
     rded_crop = DistillConfig(dataset="imagewoof", ipc=1, **study.VARIANTS["default-rded-crop"][1])
     assert rded_crop.informativeness.attribution == "rded"
     assert rded_crop.utility.select == "cluster"  # the default's rule, only the crops differ
+
+
+def test_the_forward_batch_keeps_a_forward_near_half_a_gigabyte():
+    from types import SimpleNamespace
+
+    from infoutil.methods.common import MethodContext
+
+    def batch(size, configured=None):
+        mc = SimpleNamespace(
+            cfg=SimpleNamespace(forward_batch_size=configured),
+            train=SimpleNamespace(info=SimpleNamespace(image_size=size)),
+        )
+        return MethodContext.forward_batch.fget(mc)
+
+    assert [batch(s) for s in (28, 32, 64, 128, 224)] == [512, 512, 128, 32, 16]
+    assert batch(128, configured=256) == 256  # a config's value wins

@@ -239,7 +239,10 @@ class DistillConfig(HoldsOutValidation):
     utility: UtilityConfig = UtilityConfig()
     rded: RdedConfig = RdedConfig()
     random: RandomConfig = RandomConfig()
-    forward_batch_size: int = Field(512, ge=1)  # images per teacher forward
+    # images per teacher forward; None: 512 up to 32 px, fewer for larger images (as many
+    # pixels as 512 images of 32 px, at least 16), so that a forward's activations stay near
+    # half a GB: at 128 px, 512 images a forward took ConvNet-5's distil to a 9 GB peak
+    forward_batch_size: int | None = Field(None, ge=1)
 
     @model_validator(mode="before")
     @classmethod

@@ -74,6 +74,13 @@ class MethodContext:
         return 1 if self.train.info.low_resolution else 2
 
     @property
+    def forward_batch(self) -> int:
+        """Images per teacher forward: the config's, else 512 of 32 px or as many pixels."""
+        if self.cfg.forward_batch_size is not None:
+            return self.cfg.forward_batch_size
+        return max(16, min(512, 512 * 32 * 32 // self.train.info.image_size**2))
+
+    @property
     def patches_per_image(self) -> int:
         return self.factor**2
 

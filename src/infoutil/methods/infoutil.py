@@ -129,7 +129,7 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor, kernel: int) -
             return {"gradcam": gradcam_maps(model, mc.images(idx), labels[idx], inf.grid)}
     else:
         per = "forwards" if inf.stops_early else inf.evaluations
-        game = dict(**_game(inf), batch_size=cfg.forward_batch_size)
+        game = dict(**_game(inf), batch_size=mc.forward_batch)
         masked = masked_teacher(mc, candidates)
 
         def compute(idx):
@@ -189,7 +189,7 @@ def amortized_maps(mc: MethodContext, candidates: torch.Tensor) -> torch.Tensor:
     the full and the empty coalition, and the explainer's)."""
     cfg, inf, labels = mc.cfg, mc.cfg.informativeness, mc.train.targets
     am, n = inf.fastshap, inf.grid**2
-    game = dict(**_game(inf), batch_size=cfg.forward_batch_size)
+    game = dict(**_game(inf), batch_size=mc.forward_batch)
     masked = masked_teacher(mc, candidates)
     key = dict(seed=cfg.seed, **map_key(inf, 0), **_pool_key(candidates, inf))
     fit_ids = []

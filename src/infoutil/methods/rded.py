@@ -55,8 +55,8 @@ def select(mc: MethodContext) -> Selection:
         y = train.targets[idx].repeat_interleave(k).to(crops.device)
         logits = torch.cat(
             [
-                model(crops[s : s + cfg.forward_batch_size])
-                for s in range(0, len(crops), cfg.forward_batch_size)
+                model(crops[s : s + mc.forward_batch])
+                for s in range(0, len(crops), mc.forward_batch)
             ]
         ).float()
         losses = F.cross_entropy(logits, y, reduction="none").to(torch.float64)
