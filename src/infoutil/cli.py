@@ -142,7 +142,7 @@ def teacher_train(
     compile_model: bool | None = typer.Option(
         None,
         "--compile/--no-compile",
-        help="Train through torch.compile (needs a C++ compiler; about 1.75x faster on CPU).",
+        help="Train through torch.compile (needs a C++ compiler; about 1.7x faster on CPU).",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     stop_after: int | None = typer.Option(

@@ -56,7 +56,7 @@ class TeacherConfig(HoldsOutValidation):
     augment: bool = True  # pad-4 random crop + horizontal flip
     train_per_class: int | None = Field(None, ge=1)  # a seeded subset, for tests and demos
     test_per_class: int | None = Field(None, ge=1)  # measure on a subset (default: all)
-    # ours: the training and test forwards through torch.compile (inductor); 1.75x the images/s
+    # ours: the training and test forwards through torch.compile (inductor); 1.68x the images/s
     # of eager for ConvNet-5 at 128 px on this CPU (BENCHMARKS.md). Opt-in: it needs a C++
     # compiler, and its numbers differ from eager ones in the last bits
     compile: bool = False
