@@ -1,10 +1,14 @@
 """A smaller copy of an ImageFolder zip dataset (the first N files per class, sorted), in
 the same layout, so that a timing run can travel where the full archive cannot (the device
 machine takes 64 MiB). The images are copied as they are stored, not re-encoded, so the same
-subset is the same bytes.
+subset is the same bytes. A count of 0 keeps every file of that split.
 
     python benchmarks/subset_data.py --source ../shared/data/cifar10 --out .device-data/cifar10 \
         --train-per-class 1000 --test-per-class 100
+    # ImageWoof's whole test set (its val split, 34 MB) and one train image a class, which is
+    # all that evaluating distilled sets needs (the class folders)
+    python benchmarks/subset_data.py --source ../shared/data/imagewoof \
+        --out .device-data/imagewoof --train-per-class 1 --test-per-class 0 --test-split val
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ def subset_zip(source: Path, out: Path, split: str, per_class: int) -> int:
         count = 0
         with zipfile.ZipFile(tmp, "w") as zout:
             for cls in sorted(by_class):
-                for name in by_class[cls][:per_class]:
+                for name in by_class[cls][: per_class or None]:
                     # the source's entry info (its date too): the same subset, the same bytes
                     zout.writestr(zin.getinfo(name), zin.read(name))
                     count += 1
@@ -46,10 +50,11 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--train-per-class", type=int, default=1000)
     ap.add_argument("--test-per-class", type=int, default=100)
+    ap.add_argument("--test-split", default="test", help="the test split's name (ImageWoof: val)")
     args = ap.parse_args()
     source, out = Path(args.source), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", args.train_per_class), ("test", args.test_per_class)):
+    for split, n in (("train", args.train_per_class), (args.test_split, args.test_per_class)):
         count = subset_zip(source / f"{split}.zip", out / f"{split}.zip", split, n)
         print(f"{out / (split + '.zip')}: {count} images")
 
