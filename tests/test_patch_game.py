@@ -151,11 +151,11 @@ def test_a_machine_that_cannot_compile_is_refused_in_one_line(game, monkeypatch,
 
     model, x, _ = game
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing compiled to reuse
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)
-    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
     torch._dynamo.reset()
+    # inductor's own patch restores its config (monkeypatch's undo left later compiles broken)
     try:
-        with pytest.raises(UserError, match="informativeness.compile: false"):
-            compiled_teacher(model, x[:2])
+        with inductor.patch({"fx_graph_cache": False, "cpp.cxx": ("/nonexistent/c++",)}):
+            with pytest.raises(UserError, match="informativeness.compile: false"):
+                compiled_teacher(model, x[:2])
     finally:
         torch._dynamo.reset()

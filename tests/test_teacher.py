@@ -116,15 +116,14 @@ def test_a_machine_that_cannot_compile_is_refused_at_the_first_step(tmp_path, mo
     from infoutil.runtime import compiled_or_refused
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing compiled to reuse
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)
-    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/c++",))
     torch._dynamo.reset()
     try:
-        # a pointwise op between the matmuls: inductor must generate (and compile) C++ for it
-        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
-        model = compiled_or_refused(net, "the student")
-        with pytest.raises(UserError, match="cannot build the student here") as err:
-            model(torch.rand(3, 4))
+        with inductor.patch({"fx_graph_cache": False, "cpp.cxx": ("/nonexistent/c++",)}):
+            # a pointwise op between the matmuls: inductor must generate (and compile) C++ for it
+            net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+            model = compiled_or_refused(net, "the student")
+            with pytest.raises(UserError, match="cannot build the student here") as err:
+                model(torch.rand(3, 4))
         assert "\n" not in str(err.value)
     finally:
         torch._dynamo.reset()
