@@ -203,14 +203,16 @@ def teacher_eval(
 ) -> None:
     """Measure a teacher's top-1 accuracy on the real test set."""
     from infoutil.data import load_dataset
+    from infoutil.data.sources import FASTAI_SUBSETS
     from infoutil.evaluation.metrics import accuracy
     from infoutil.io.checkpoint import load_teacher
 
     _setup(threads)
     t = load_teacher(teacher)
     name = dataset or t.info.name
-    # a folder of images is resized to the size the teacher was trained at
-    size = t.info.image_size if name.startswith("imagefolder:") else None
+    # a folder of images (or an ImageNet subset) is resized to the size the teacher expects
+    resizable = name.startswith("imagefolder:") or name in FASTAI_SUBSETS
+    size = t.info.image_size if resizable else None
     test = load_dataset(name, "test", data_root, cache_dir=cache_dir, image_size=size)
     t = load_teacher(teacher, expect=test.info)
     acc = accuracy(t.model, test)
