@@ -26,8 +26,8 @@ from infoutil.models import create_model
 from infoutil.runtime import compiled_or_refused
 
 
-def _timed(step, steps: int) -> tuple[float, float]:
-    """(seconds of the first call, best seconds of the next ``steps``)."""
+def _timed(step, steps: int, batch: int) -> dict:
+    """Images/s at the best of ``steps`` steps after the first, and the first's seconds."""
     t0 = time.perf_counter()
     step()
     first = time.perf_counter() - t0
@@ -36,7 +36,7 @@ def _timed(step, steps: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         step()
         best = min(best, time.perf_counter() - t0)
-    return first, best
+    return {"images_per_s": round(batch / best, 2), "first_step_s": round(first, 1)}
 
 
 def main() -> None:
@@ -71,9 +71,8 @@ def main() -> None:
             loss.backward()
             opt.step()
 
-        first, best = _timed(teacher_step, args.steps)
-        out[f"teacher_{name}_images_per_s"] = round(args.teacher_batch / best, 2)
-        out[f"teacher_{name}_first_step_s"] = round(first, 1)
+        for key, value in _timed(teacher_step, args.steps, args.teacher_batch).items():
+            out[f"teacher_{name}_{key}"] = value
 
         labeller = create_model(args.arch, info).eval()
         student = create_model(args.arch, info)
@@ -90,9 +89,8 @@ def main() -> None:
             loss.backward()
             sopt.step()
 
-        first, best = _timed(student_step, args.steps)
-        out[f"student_{name}_images_per_s"] = round(args.student_batch / best, 2)
-        out[f"student_{name}_first_step_s"] = round(first, 1)
+        for key, value in _timed(student_step, args.steps, args.student_batch).items():
+            out[f"student_{name}_{key}"] = value
         print(json.dumps(out), flush=True)
     for role in ("teacher", "student"):
         out[f"{role}_speedup"] = round(
