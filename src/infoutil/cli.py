@@ -257,8 +257,8 @@ def teacher_import(
     from infoutil.data import load_dataset
     from infoutil.data.sources import dataset_info
     from infoutil.evaluation.metrics import accuracy
-    from infoutil.io.checkpoint import completed_epochs, fit_classes, save_teacher_epoch
-    from infoutil.models.pretrained import import_weights
+    from infoutil.io.checkpoint import class_fit, completed_epochs, save_teacher_epoch
+    from infoutil.models.pretrained import import_weights, restrict_classes
 
     _setup(threads)
     classes = classes or dataset
@@ -278,17 +278,15 @@ def teacher_import(
     acc = None
     if dataset is not None:
         size = image_size or info.image_size
-        want = dataset_info(dataset, data_root, size)  # checked before any image is decoded
-        test = (
-            None
-            if want is not None
-            else load_dataset(dataset, "test", data_root, cache_dir=cache_dir, image_size=size)
-        )
-        scored = copy.deepcopy(model)
-        fit_classes(scored, info, want or test.info, str(weights))
-        test = test or load_dataset(
-            dataset, "test", data_root, cache_dir=cache_dir, image_size=size
-        )
+        known = dataset_info(dataset, data_root, size)
+        if known is not None:
+            class_fit(info, known, str(weights))  # refused before any image is decoded
+        test = load_dataset(dataset, "test", data_root, cache_dir=cache_dir, image_size=size)
+        _, restriction = class_fit(info, test.info, str(weights))
+        scored = model
+        if restriction is not None:  # measured on the subset's logits; saved whole
+            scored = copy.deepcopy(model)
+            restrict_classes(scored, restriction["indices"])
         acc = round(accuracy(scored, test), 6)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     save_teacher_epoch(

@@ -142,21 +142,19 @@ def load_teacher(spec: str | Path, expect: DatasetInfo | None = None) -> Teacher
             "the file is corrupt or was changed"
         )
     info = DatasetInfo.from_dict(meta["dataset"])
+    serves, restriction = info, None
     if expect is not None:  # refused here, before the weights are built or an image decoded
-        restriction = class_restriction(info, expect, str(weights))
-        if restriction is None:
-            check_teacher_fits(info, expect, str(weights))
+        serves, restriction = class_fit(info, expect, str(weights))
     model = create_model(meta["arch"], info)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise UserError(f"{weights}: weights do not fit arch {meta['arch']!r}") from err
-    if expect is not None:
-        info, restriction = fit_classes(model, info, expect, str(weights))
-        if restriction is not None:
-            meta = dict(meta, class_restriction=restriction)
+    if restriction is not None:
+        restrict_classes(model, restriction["indices"])
+        meta = dict(meta, class_restriction=restriction)
     model.eval()
-    return Teacher(model, info, meta, weights)
+    return Teacher(model, serves, meta, weights)
 
 
 def check_teacher_fits(have: DatasetInfo, want: DatasetInfo, where: str) -> None:
@@ -178,24 +176,22 @@ def check_teacher_fits(have: DatasetInfo, want: DatasetInfo, where: str) -> None
         )
 
 
-def fit_classes(
-    model: Classifier, info: DatasetInfo, want: DatasetInfo, where: str
-) -> tuple[DatasetInfo, dict | None]:
-    """Make a teacher of ``info``'s classes serve ``want``: as it is, or, for a teacher of
-    ImageNet's wnids on a wnid subset, with its last layer cut to the subset's classes in the
-    subset's order (in place). Returns (the info it now has, the restriction record or None)."""
-    indices = class_restriction(info, want, where)
+def class_fit(have: DatasetInfo, want: DatasetInfo, where: str) -> tuple[DatasetInfo, dict | None]:
+    """Whether a teacher of ``have``'s classes can serve ``want``, checked without its weights:
+    as it is, or, for a teacher of ImageNet's wnids on a wnid subset, with its last layer cut
+    to the subset's classes in the subset's order (``restrict_classes`` with the record's
+    ``indices``). Returns (the info it then has, the restriction record or None)."""
+    indices = class_restriction(have, want, where)
     if indices is None:
-        check_teacher_fits(info, want, where)
-        return info, None
+        check_teacher_fits(have, want, where)
+        return have, None
     restricted = DatasetInfo(
-        info.name, want.class_names, info.image_size, info.channels, info.mean, info.std
+        have.name, want.class_names, have.image_size, have.channels, have.mean, have.std
     )
     check_teacher_fits(restricted, want, where)
-    restrict_classes(model, indices)
     record = {
-        "from": info.name,
-        "from_classes": info.num_classes,
+        "from": have.name,
+        "from_classes": have.num_classes,
         "indices": indices,
         "class_names": list(want.class_names),
     }

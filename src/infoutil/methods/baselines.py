@@ -20,7 +20,7 @@ from infoutil.methods.common import (
     full_box,
 )
 from infoutil.runtime import generator
-from infoutil.selection.crops import crop_and_resize
+from infoutil.selection.crops import crop_and_resize, random_window_box
 from infoutil.selection.diagnostics import ScoredPatches
 
 
@@ -36,6 +36,7 @@ def select_random(mc: MethodContext) -> Selection:
     info, f = mc.train.info, mc.factor
     windows = mc.cfg.random.patches == "windows" and f > 1
     per_class = mc.cfg.ipc * (f * f if windows else 1)
+    side = max(1, info.image_size // f)  # a window's side, native pixels
     counts = [int((mc.train.targets == c).sum()) for c in range(info.num_classes)]
     check_supply(counts, per_class, info, "images", "lower --ipc")
     patches = []
@@ -44,8 +45,8 @@ def select_random(mc: MethodContext) -> Selection:
         pick = torch.randperm(len(idx), generator=generator("random", mc.cfg.seed, c))
         sources = idx[pick[:per_class]].tolist()
         boxes = [
-            random_window(info, f, generator("random-window", mc.cfg.seed, i)) if windows
-            else full_box(info)
+            random_window_box(info.image_size, side, generator("random-window", mc.cfg.seed, i))
+            if windows else full_box(info)
             for i in sources
         ]  # fmt: skip
         patches.append([Patch(i, b) for i, b in zip(sources, boxes, strict=True)])
@@ -55,10 +56,8 @@ def select_random(mc: MethodContext) -> Selection:
     with torch.inference_mode():
         logits = torch.cat(
             [
-                mc.teacher.model(crop_and_resize(mc.images(part), boxes[rows], size)).cpu()
-                for part, rows in zip(
-                    chosen.split(256), torch.arange(len(chosen)).split(256), strict=True
-                )
+                mc.teacher.model(crop_and_resize(mc.images(part), part_boxes, size)).cpu()
+                for part, part_boxes in zip(chosen.split(256), boxes.split(256), strict=True)
             ]
         )
     selected = ScoredPatches.from_logits(chosen, mc.train.targets[chosen], boxes, logits)
@@ -71,14 +70,6 @@ def select_random(mc: MethodContext) -> Selection:
         selected_scored=selected,
         pool_scored=pool,
     )
-
-
-def random_window(info, factor: int, g: torch.Generator) -> tuple[int, int, int, int]:
-    """A native window of side size/factor at a uniformly random position."""
-    side = max(1, info.image_size // factor)
-    top = int(torch.randint(0, info.image_size - side + 1, (), generator=g))
-    left = int(torch.randint(0, info.image_size - side + 1, (), generator=g))
-    return (top, left, side, side)
 
 
 def _pool_features(mc: MethodContext) -> tuple[torch.Tensor, ScoredPatches]:

@@ -397,18 +397,16 @@ def select(mc: MethodContext) -> Selection:
         idx = candidates[sl]
         if rded_boxes:
             boxes = rded_crops(idx.tolist(), size[0], k, cfg.rded.min_scale, cfg.seed)
-            keep = unique_crops(boxes) if inf.dedupe else torch.ones(boxes.shape[:2], dtype=bool)
-            return {"boxes": boxes, **scored(idx, boxes, keep)}
-        gens = [generator("crops", cfg.seed, int(i)) for i in idx]
-        boxes = informative_crops(
-            maps[sl],
-            sigma[sl],
-            kernel=kernel,
-            num_crops=k,
-            generators=gens,
-            height=size[0],
-            width=size[1],
-        )
+        else:
+            boxes = informative_crops(
+                maps[sl],
+                sigma[sl],
+                kernel=kernel,
+                num_crops=k,
+                generators=[generator("crops", cfg.seed, int(i)) for i in idx],
+                height=size[0],
+                width=size[1],
+            )
         keep = unique_crops(boxes) if inf.dedupe else torch.ones(boxes.shape[:2], dtype=bool)
         return {"boxes": boxes, **scored(idx, boxes, keep)}
 

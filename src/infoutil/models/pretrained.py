@@ -201,10 +201,8 @@ def map_weights(
     label: str,
     classes: str = "the dataset",
 ) -> dict[str, torch.Tensor]:
-    """The file's tensors under our names, each checked: a missing, extra or mis-shaped
-    tensor is refused in one line that names it."""
-    if layout == "auto":
-        layout = detect_layout(state)
+    """The file's tensors under our names (``layout``: a named one, not ``auto``), each
+    checked: a missing, extra or mis-shaped tensor is refused in one line that names it."""
     rename = _rule(layout, arch, model)
     ours = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}

@@ -164,13 +164,18 @@ def crop_and_resize(
     return torch.stack(out)
 
 
+def random_window_box(size: int, side: int, g: torch.Generator) -> tuple[int, int, int, int]:
+    """A square window of ``side`` at a uniformly random position in a ``size`` image."""
+    top = int(torch.randint(0, size - side + 1, (), generator=g))
+    left = int(torch.randint(0, size - side + 1, (), generator=g))
+    return (top, left, side, side)
+
+
 def random_square_box(size: int, min_scale: float, g: torch.Generator) -> tuple[int, int, int, int]:
     """A square box covering a uniform fraction in (min_scale, 1) of the image area."""
     scale = min_scale + (1 - min_scale) * float(torch.rand((), generator=g))
     side = max(1, min(size, round(math.sqrt(scale) * size)))
-    top = int(torch.randint(0, size - side + 1, (), generator=g))
-    left = int(torch.randint(0, size - side + 1, (), generator=g))
-    return (top, left, side, side)
+    return random_window_box(size, side, g)
 
 
 def rded_crops(
