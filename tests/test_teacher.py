@@ -127,3 +127,23 @@ def test_a_machine_that_cannot_compile_is_refused_at_the_first_step(tmp_path, mo
         assert "\n" not in str(err.value)
     finally:
         torch._dynamo.reset()
+
+
+def test_reschedule_changes_only_the_epochs_of_a_run_in_progress(tmp_path):
+    """A budget that shrank: 2 of 4 planned epochs done, then finish at 3 with the cosine redone."""
+    out = tmp_path / "t"
+    assert run_cli(*_train_args(out, epochs=4), "--stop-after", "2").returncode == 0
+    assert_one_line_error(run_cli(*_train_args(out, epochs=3), "--resume"), "--reschedule")
+    assert_one_line_error(
+        run_cli(*_train_args(out, epochs=2), "--resume", "--reschedule"), "epoch 2 is already done"
+    )
+    changed = [*_train_args(out, epochs=3), "--resume", "--reschedule", "--lr", "0.5"]
+    assert_one_line_error(run_cli(*changed), "only --epochs may change")
+    assert run_cli(*_train_args(out, epochs=3), "--resume", "--reschedule").returncode == 0
+    assert completed_epochs(out) == [1, 2, 3]
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row.get("epoch") for row in log] == [1, 2, None, 3]
+    assert log[2] == {"rescheduled_after_epoch": 2, "from_epochs": 4, "to_epochs": 3}
+    # the rescheduled run is now its own: a plain resume at 3 epochs is accepted
+    assert run_cli(*_train_args(out, epochs=3), "--resume").returncode == 0

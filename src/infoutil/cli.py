@@ -148,6 +148,11 @@ def teacher_train(
     stop_after: int | None = typer.Option(
         None, "--stop-after", help="Stop after this many epochs of this invocation."
     ),
+    reschedule: bool = typer.Option(
+        False,
+        "--reschedule",
+        help="With --resume: accept a new --epochs and recompute the cosine over it (logged).",
+    ),
     config: Path | None = ConfigFile,
     data_root: str | None = DataRoot,
     cache_dir: str | None = CacheDir,
@@ -185,6 +190,7 @@ def teacher_train(
         cache_dir=cache_dir,
         resume=resume,
         stop_after=stop_after,
+        reschedule=reschedule,
         device=device,
     )
     typer.echo(

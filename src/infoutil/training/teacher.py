@@ -93,12 +93,17 @@ def train_teacher(
     resume: bool = False,
     progress_bar: bool = True,
     stop_after: int | None = None,
+    reschedule: bool = False,
     device: str | None = None,
 ) -> dict:
     """Train ``cfg.arch`` on ``cfg.dataset``; returns the last epoch's metadata.
 
     ``stop_after`` ends the run after that many epochs of this invocation (the schedule still
     spans ``cfg.epochs``), so a run can be continued later with ``resume``.
+
+    ``reschedule`` lets a resumed run change ``epochs`` only (a budget that shrank or grew):
+    the cosine is recomputed over the new total from the next step on, and the change is
+    written to ``train_log.jsonl``. The result is then not the bytes of an uninterrupted run.
     """
     out_dir = Path(out_dir)
     train = load_split_of(cfg, "train", data_root, cache_dir)
@@ -123,14 +128,43 @@ def train_teacher(
                 f"{out_dir}: already holds teacher checkpoints (epochs {done[0]}.."
                 f"{done[-1]}); pass --resume to continue, or choose another --out"
             )
+        rescheduled = None
+        if reschedule and not (resume and done):
+            raise UserError(f"{out_dir}: --reschedule changes a run in progress; add --resume")
         if resume and config_path.is_file():
-            saved = json.loads(config_path.read_text())
-            if build_config(TeacherConfig, saved, str(config_path)) != cfg:
+            saved = build_config(
+                TeacherConfig, json.loads(config_path.read_text()), str(config_path)
+            )
+            only_epochs = saved != cfg and saved.model_copy(update={"epochs": cfg.epochs}) == cfg
+            if reschedule and only_epochs:
+                if cfg.epochs <= done[-1]:
+                    raise UserError(
+                        f"{out_dir}: --reschedule to {cfg.epochs} epochs, but epoch "
+                        f"{done[-1]} is already done; choose more epochs"
+                    )
+                rescheduled = {
+                    "rescheduled_after_epoch": done[-1],
+                    "from_epochs": saved.epochs,
+                    "to_epochs": cfg.epochs,
+                }
+            elif saved != cfg:
+                if only_epochs:
+                    hint = (
+                        f" (only --epochs differs, {saved.epochs}: add --reschedule to change it)"
+                    )
+                elif reschedule:
+                    hint = " (only --epochs may change, with --reschedule)"
+                else:
+                    hint = ""
                 raise UserError(
                     f"{out_dir}: --resume with a different config than the run "
-                    "that wrote it; use the same options or another --out"
+                    f"that wrote it{hint}; use the same options or another --out"
                 )
         if ctx.is_main:
+            if rescheduled is not None:
+                # the log first: a kill between the two leaves the change recorded, not silent
+                with open(out_dir / "train_log.jsonl", "ab") as f:
+                    f.write(dumps_json(rescheduled).replace(b"\n", b"") + b"\n")
             atomic_write_json(config_path, cfg.model_dump())
 
         torch.manual_seed(cfg.seed)
