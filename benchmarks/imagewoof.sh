@@ -3,7 +3,9 @@
 # resumable (finished epochs, scores, sets and evaluations are skipped), so a session can run
 # what its time allows and the next one continues:
 #
-#   bash benchmarks/imagewoof.sh teachers   # the converged (40 epochs) and early (10) teachers
+#   bash benchmarks/imagewoof.sh teachers   # the converged (20 epochs) and early (10) teachers
+#   bash benchmarks/imagewoof.sh engine-check  # bf16/compiled/early-stop maps vs fp32 512
+#   bash benchmarks/imagewoof.sh maps       # the default's Shapley maps, 2 ranks (torchrun)
 #   bash benchmarks/imagewoof.sh study      # IPC 10 on the validation split, 2 seeds
 #   bash benchmarks/imagewoof.sh confirm    # the leaders at IPC 1 and 50, validation split
 #   bash benchmarks/imagewoof.sh grid       # the final grid on the test set, 3 seeds
@@ -20,14 +22,18 @@ PY=${PY:-.venv/bin/python}
 INFOUTIL=${INFOUTIL:-.venv/bin/infoutil}
 CONVERGED=$RUNS/teachers/imagewoof-convnet5
 EARLY=$RUNS/teachers/imagewoof-convnet5-early
-COMMON=(--dataset imagewoof --arch convnet5 --lr 0.01 --val-per-class 100 --compile --threads 1)
-# the study's variants (benchmarks/study.py): baselines, the paper, the default and its controls
+COMMON=(--dataset imagewoof --arch convnet5 --lr 0.01 --val-per-class 100 --compile
+        --threads "${THREADS:-1}")
+# the study's variants (benchmarks/study.py): baselines, the paper, the default, the controls
+# of the crop's position and the utility rules. paper, default and its rules share one set of
+# maps; random windows, Grad-CAM, RDED's crops and whole images need none. IDEAS (the map's own
+# knobs: default-grid8, -logit, -blur, -mean, -k3, -all-sources) are run once the diagnostics
+# of these rows argue for them: each that changes the game costs a set of maps of its own.
 VARIANTS=(rded random random-windows paper default
           default-random-window default-gradcam default-rded-crop default-f1
-          default-highest default-lowest default-strata default-badge
-          default-k3 default-all-sources default-blur)
+          default-highest default-lowest default-strata ${IDEAS:-})
 # maps through bf16 and torch.compile: faster on this CPU; checked against fp32 maps first
-ENGINE=(--map-engine precision=bf16 compile=true)
+ENGINE=(--map-engine precision=bf16 compile=true early_stop_z=1.5)
 STUDY=(--dataset imagewoof --val-per-class 100 --candidates-per-class 100 --epochs 100
        --compile --workers 2 --data-root "$INFOUTIL_DATA")
 
@@ -41,7 +47,8 @@ case ${1:-} in
   teachers)
     seeded "$CONVERGED"; seeded "$EARLY"
     mkdir -p "$RUNS/logs"
-    "$INFOUTIL" teacher train "${COMMON[@]}" --epochs 40 --out "$CONVERGED" --resume \
+    # planned for 40 epochs, cut to 20 after its 7th to fit the CPU budget (BENCHMARKS.md)
+    "$INFOUTIL" teacher train "${COMMON[@]}" --epochs 20 --reschedule --out "$CONVERGED" --resume \
       >> "$RUNS/logs/teacher.log" 2>&1 &
     "$INFOUTIL" teacher train "${COMMON[@]}" --epochs 10 --out "$EARLY" --resume \
       >> "$RUNS/logs/teacher-early.log" 2>&1 &
@@ -55,6 +62,24 @@ case ${1:-} in
       [[ -f $run/optimizer_$n.safetensors ]] && cp "$run/optimizer_$n.safetensors" "$dest/"
       echo "$dest: epoch $((10#$n))"
     done ;;
+  engine-check)  # the study's map engine against the reference maps, 5 candidates a class
+    teacher=${ENGINE_TEACHER:-$EARLY}; work=$RUNS/engine-check; mkdir -p "$work"
+    for engine in fp32 bf16-compiled bf16-compiled-z1.5; do
+      [[ -f $work/$engine/manifest.json ]] && continue
+      "$INFOUTIL" distill --recipe default --dataset imagewoof --teacher "$teacher" --ipc 1 \
+        --candidates-per-class 5 --val-per-class 100 --threads 1 --quiet --resume \
+        --config "benchmarks/configs/imagewoof-engine-$engine.yaml" --out "$work/$engine"
+    done
+    for engine in bf16-compiled bf16-compiled-z1.5; do
+      "$PY" benchmarks/informativeness_speed.py agreement --run "$work/$engine" \
+        --reference "$work/fp32" --out "benchmarks/results/imagewoof_engine_$engine.json"
+    done ;;
+  maps)  # the maps that paper, default and its rules share, split over 2 ranks of one thread
+    OMP_NUM_THREADS=1 "$PY" -m torch.distributed.run --nproc-per-node 2 -m infoutil distill \
+      --recipe default --dataset imagewoof --teacher "$CONVERGED" --ipc 10 --seed 0 \
+      --candidates-per-class 100 --val-per-class 100 --threads 1 --resume --quiet \
+      --config "benchmarks/configs/imagewoof-engine-${ENGINE_NAME:-bf16-compiled-z1.5}.yaml" \
+      --out "$RUNS/maps-default-ipc10" ;;
   study)
     "$PY" benchmarks/study.py "${STUDY[@]}" "${ENGINE[@]}" --teacher "$CONVERGED" --ipc 10 \
       --seeds 2 --variants "${VARIANTS[@]}" --work "$RUNS/study-imagewoof" \

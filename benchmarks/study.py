@@ -252,6 +252,8 @@ def table(results: Path) -> list[dict]:
         diag_file = f.parent / "diagnostics.json"
         diag = json.loads(diag_file.read_text()) if diag_file.is_file() else None
         sel = diag["selected"]["overall"] if diag else {}
+        stats_file = f.parent / "run_stats.json"
+        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
         rows.append(
             {
                 "run": f.parent.name,
@@ -267,6 +269,10 @@ def table(results: Path) -> list[dict]:
                 "patches": sel.get("patches"),
                 "mean_area": sel.get("mean_area"),
                 "noise_free_share": sel.get("noise_free_share"),
+                # the distil's seconds as this run measured them (a stage read from the score
+                # cache counts only its loading: the cost of maps is their first run's)
+                "distill_seconds": stats.get("total_seconds"),
+                "stage_seconds": {x["stage"]: x["seconds"] for x in stats.get("stages", [])},
                 "options": r.get("variant_options"),
             }
         )
@@ -280,8 +286,8 @@ def markdown(rows: list[dict]) -> str:
 
     lines = [
         "| run | split | seeds | top-1 (%) | teacher top-1 on selected (%) | true-class prob | "
-        "sources / patches | area (%) | noise-free (%) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "sources / patches | area (%) | noise-free (%) | distil (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         prob = "-" if r["true_class_prob"] is None else f"{r['true_class_prob']:.2f}"
@@ -289,7 +295,8 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['run']} | {r['split']} | {r['seeds']} | "
             f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} | "
             f"{pct(r['teacher_top1'])} | {prob} | {r['distinct_sources']} / {r['patches']} | "
-            f"{pct(r['mean_area'])} | {pct(r['noise_free_share'])} |"
+            f"{pct(r['mean_area'])} | {pct(r['noise_free_share'])} | "
+            f"{'-' if r.get('distill_seconds') is None else round(r['distill_seconds'])} |"
         )
     return "\n".join(lines) + "\n"
 
