@@ -51,9 +51,9 @@ from infoutil.selection.crops import (
 )
 from infoutil.selection.diagnostics import ScoredPatches
 from infoutil.selection.utility import (
-    UTILITY_RULES,
     ClassCrops,
-    grad_norms_and_logits,
+    crop_scores,
+    keep_by_rule,
     last_layer_pieces,
 )
 
@@ -298,36 +298,26 @@ def select(mc: MethodContext) -> Selection:
         return crop_and_resize(images, boxes.flatten(0, 1), size, util.crop_input, fill)
 
     def scored(idx: torch.Tensor, boxes: torch.Tensor, keep: torch.Tensor) -> dict:
-        """Gradient norm (utility model) and the judge's view of the ``keep`` crops."""
+        """Gradient norm (utility model) and the judge's view of the ``keep`` crops, each
+        ``[B, K]`` with NaN (or -1) where a crop was not kept."""
         crops = crops_of(idx, boxes)[keep.flatten().to(mc.device)]
         y = labels[idx].repeat_interleave(boxes.shape[1])[keep.flatten()]
-        norm, logits = grad_norms_and_logits(
+        values = crop_scores(
             utility_model.model,
             crops,
-            y.to(crops.device),
+            y,
+            judge=judge.model,
             mode=util.grad_norm,
             batch_size=util.batch_size,
         )
-        if utility_model is not judge:  # what the judge thinks, for the diagnostics
-            with torch.inference_mode():
-                logits = judge.model(crops).float().cpu()
-        out = {}
-        for name, value, empty in (
-            ("grad_norm", norm, float("nan")),
-            ("prob", torch.softmax(logits.double(), 1).gather(1, y[:, None])[:, 0], float("nan")),
-            ("pred", logits.argmax(1), -1),
-        ):
-            full = torch.full((keep.numel(),), empty, dtype=value.dtype)
-            full[keep.flatten()] = value
-            out[name] = full.view(keep.shape)
-        return out
+        return {name: _scattered(value, keep) for name, value in values.items()}
 
     def embedded(pool: ScoredPatches, rows: torch.Tensor):
         # the cluster rule's features cost a forward per crop: timed and counted as a stage
         mc.timer.count(RULE_STAGE, len(rows))
         return last_layer_pieces(utility_model.model, crops_of, pool, rows)
 
-    def keep_by_rule(c: int, rows: torch.Tensor, pool: ScoredPatches, norms, count: int):
+    def kept(c: int, rows: torch.Tensor, pool: ScoredPatches, norms, count: int):
         crops = ClassCrops(
             score=norms[rows],
             correct=pool.pred[rows] == c,
@@ -335,14 +325,7 @@ def select(mc: MethodContext) -> Selection:
             generator=generator("utility-rule", cfg.seed, c),
             embed=lambda: embedded(pool, rows),
         )
-        rule = UTILITY_RULES[util.select]
-        extra = dict(
-            quantile=util.quantile,
-            strata=util.strata,
-            hardest_cut=util.hardest_cut,
-            cluster_pick=util.cluster_pick,
-        )
-        return rows[rule(crops, count, one_per_source, **extra)]
+        return rows[keep_by_rule(util, crops, count)]
 
     base_key = dict(
         seed=cfg.seed,
@@ -375,7 +358,7 @@ def select(mc: MethodContext) -> Selection:
         count = math.ceil(inf.shortlist * need)
         with mc.timer.stage(RULE_STAGE):
             kept = [
-                keep_by_rule(
+                kept(
                     c,
                     torch.nonzero(images.label == c).flatten(),
                     images,
@@ -446,7 +429,7 @@ def select(mc: MethodContext) -> Selection:
     ranked = []
     for c in range(info.num_classes):
         with mc.timer.stage(RULE_STAGE):
-            picked = keep_by_rule(
+            picked = kept(
                 c, torch.nonzero(pool.label == c).flatten(), pool, norms.flatten()[flat], need
             )
         if len(picked) < need:
@@ -506,6 +489,14 @@ def select(mc: MethodContext) -> Selection:
         selected_scored=pool.take(torch.cat(ranked)),
         pool_scored=pool,
     )
+
+
+def _scattered(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``values`` of the ``keep`` crops laid out as ``keep`` (``[B, K]``), NaN or -1 elsewhere."""
+    empty = -1 if values.dtype == torch.int64 else float("nan")
+    full = torch.full((keep.numel(),), empty, dtype=values.dtype)
+    full[keep.flatten()] = values
+    return full.view(keep.shape)
 
 
 def _scored_pool(candidates, labels, boxes, scored) -> ScoredPatches:

@@ -347,6 +347,41 @@ UTILITY_RULES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+def keep_by_rule(util, crops: ClassCrops, need: int) -> torch.Tensor:
+    """Positions in ``crops`` that the rule ``util.select`` keeps, in rank order (``util``: a
+    ``config.UtilityConfig``; at most one per source where ``util.per_source`` is ``best``)."""
+    return UTILITY_RULES[util.select](
+        crops,
+        need,
+        util.per_source == "best",
+        quantile=util.quantile,
+        strata=util.strata,
+        hardest_cut=util.hardest_cut,
+        cluster_pick=util.cluster_pick,
+    )
+
+
+def crop_scores(
+    model: Classifier,
+    crops: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    judge: Classifier | None = None,
+    mode: str = "full",
+    batch_size: int = 16,
+) -> dict[str, torch.Tensor]:
+    """Per crop: the gradient norm under ``model``, and the class probability and prediction of
+    ``judge`` (default ``model``; another judge only informs the diagnostics)."""
+    norm, logits = grad_norms_and_logits(
+        model, crops, labels.to(crops.device), mode=mode, batch_size=batch_size
+    )
+    if judge is not None and judge is not model:
+        with torch.inference_mode():
+            logits = judge(crops).float().cpu()
+    prob = torch.softmax(logits.double(), 1).gather(1, labels[:, None])[:, 0]
+    return {"grad_norm": norm, "prob": prob, "pred": logits.argmax(1)}
+
+
 @torch.inference_mode()
 def last_layer_pieces(model, crops_of, pool, rows: torch.Tensor):
     """(p - e_y, h) of the crops ``rows``: the pieces of their last-layer gradients."""
