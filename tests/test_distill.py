@@ -296,3 +296,18 @@ def test_rded_keeps_each_candidates_lowest_loss_crop_and_the_lowest_candidates(
         for p in kept:
             i = cand.tolist().index(p["source_index"])
             assert p["box"] == boxes[i, losses[i].argmin()].tolist()
+
+
+def test_runs_on_other_pools_keep_their_own_chunks(tmp_path):
+    """A pool of 100 a class and one of 300 share a store (the key has no pool size); each
+    run's chunk 0 must survive the other's, or the study's maps are recomputed."""
+    from infoutil.methods.common import ScoreStore
+
+    store = ScoreStore(tmp_path, "shapley", {"teacher": "t"})
+    small, large = torch.arange(0, 64), torch.arange(0, 128, 2)
+    store.save(0, small, {"maps": torch.zeros(64, 4, 4)})
+    store.save(0, large, {"maps": torch.ones(64, 4, 4)})
+    assert torch.equal(store.load(0, small)["maps"], torch.zeros(64, 4, 4))
+    assert torch.equal(store.load(0, large)["maps"], torch.ones(64, 4, 4))
+    assert store.load(0, torch.arange(1, 65)) is None  # candidates never scored
+    assert store.load(0, small, fields=("maps", "forwards")) is None  # a field it lacks

@@ -148,15 +148,20 @@ class ScoreStore:
         digest = hashlib.sha256(self.key.encode()).hexdigest()[:20]
         self.dir = Path(root) / f"{stage}-{digest}"
 
-    def _path(self, chunk: int) -> Path:
-        return self.dir / f"chunk_{chunk:05d}.safetensors"
+    def _path(self, chunk: int, candidates: torch.Tensor) -> Path:
+        # named by its candidates too: runs on other pools (another --candidates-per-class)
+        # share the directory, and must not overwrite each other's chunk i
+        import hashlib
+
+        digest = hashlib.sha256(candidates.numpy().astype("<i8").tobytes()).hexdigest()[:12]
+        return self.dir / f"chunk_{chunk:05d}_{digest}.safetensors"
 
     def load(
         self, chunk: int, expect: torch.Tensor, fields: tuple[str, ...] = ()
     ) -> dict[str, torch.Tensor] | None:
         """A finished chunk, or None: missing, damaged, for other candidates, or written by an
         older version that lacked one of ``fields`` (all of these are recomputed)."""
-        path = self._path(chunk)
+        path = self._path(chunk, expect)
         if not path.is_file():
             return None
         try:
@@ -170,7 +175,9 @@ class ScoreStore:
         return tensors
 
     def save(self, chunk: int, candidates: torch.Tensor, tensors: dict[str, torch.Tensor]):
-        self.save_tensors(self._path(chunk).name, {"candidates": candidates, **tensors})
+        self.save_tensors(
+            self._path(chunk, candidates).name, {"candidates": candidates, **tensors}
+        )
 
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         """``name`` in the store, atomically, beside the key it was computed under."""
