@@ -77,7 +77,7 @@ case ${1:-} in
   maps)  # the maps that paper, default and its rules share, split over 2 ranks of one thread
     OMP_NUM_THREADS=1 "$PY" -m torch.distributed.run --nproc-per-node 2 -m infoutil distill \
       --recipe default --dataset imagewoof --teacher "$CONVERGED" --ipc 10 --seed 0 \
-      --candidates-per-class 100 --val-per-class 100 --threads 1 --resume --quiet \
+      --candidates-per-class 100 --val-per-class 100 --threads 1 --resume \
       --config "benchmarks/configs/imagewoof-engine-${ENGINE_NAME:-bf16-compiled-z1.5}.yaml" \
       --out "$RUNS/maps-default-ipc10" ;;
   study)
