@@ -317,7 +317,7 @@ def select(mc: MethodContext) -> Selection:
         mc.timer.count(RULE_STAGE, len(rows))
         return last_layer_pieces(utility_model.model, crops_of, pool, rows)
 
-    def kept(c: int, rows: torch.Tensor, pool: ScoredPatches, norms, count: int):
+    def class_keeps(c: int, rows: torch.Tensor, pool: ScoredPatches, norms, count: int):
         crops = ClassCrops(
             score=norms[rows],
             correct=pool.pred[rows] == c,
@@ -357,8 +357,8 @@ def select(mc: MethodContext) -> Selection:
         images = _scored_pool(candidates, labels, whole.expand(len(candidates), 1, 4), first)
         count = math.ceil(inf.shortlist * need)
         with mc.timer.stage(RULE_STAGE):
-            kept = [
-                kept(
+            shortlisted = [
+                class_keeps(
                     c,
                     torch.nonzero(images.label == c).flatten(),
                     images,
@@ -367,7 +367,7 @@ def select(mc: MethodContext) -> Selection:
                 )
                 for c in range(info.num_classes)
             ]
-        candidates = candidates[torch.cat(kept).sort().values]
+        candidates = candidates[torch.cat(shortlisted).sort().values]
 
     if no_map:
         maps = torch.zeros((len(candidates), inf.grid, inf.grid))
@@ -429,7 +429,7 @@ def select(mc: MethodContext) -> Selection:
     ranked = []
     for c in range(info.num_classes):
         with mc.timer.stage(RULE_STAGE):
-            picked = kept(
+            picked = class_keeps(
                 c, torch.nonzero(pool.label == c).flatten(), pool, norms.flatten()[flat], need
             )
         if len(picked) < need:
