@@ -175,9 +175,7 @@ class ScoreStore:
         return tensors
 
     def save(self, chunk: int, candidates: torch.Tensor, tensors: dict[str, torch.Tensor]):
-        self.save_tensors(
-            self._path(chunk, candidates).name, {"candidates": candidates, **tensors}
-        )
+        self.save_tensors(self._path(chunk, candidates).name, {"candidates": candidates, **tensors})
 
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         """``name`` in the store, atomically, beside the key it was computed under."""
