@@ -20,8 +20,10 @@ from infoutil.selection.crops import (
 )
 from infoutil.selection.utility import (
     ClassCrops,
+    crop_scores,
     grad_norms,
     grad_norms_loop,
+    keep_by_rule,
     rule_badge,
     rule_cluster,
     rule_highest,
@@ -168,6 +170,32 @@ def test_ranking_rules_and_one_crop_per_source():
     assert rule_highest(crops, 3, True).tolist() == [0, 2, 4]  # the best crop of each source
     assert rule_lowest(crops, 2, False).tolist() == [4, 3]
     assert rule_lowest(crops, 3, True).tolist() == [4, 3, 1]
+
+
+def test_keep_by_rule_applies_the_configs_rule_and_per_source():
+    from infoutil.config import UtilityConfig
+
+    crops = _crops([5.0, 4.0, 3.0, 2.0, 1.0], source=[0, 0, 1, 1, 2])
+    highest = UtilityConfig(select="highest", per_source="all")
+    assert keep_by_rule(highest, crops, 3).tolist() == [0, 1, 2]
+    lowest_best = UtilityConfig(select="lowest", per_source="best")
+    assert keep_by_rule(lowest_best, crops, 3).tolist() == [4, 3, 1]
+
+
+def test_crop_scores_norm_from_the_utility_model_view_from_the_judge():
+    info = DatasetInfo("x", tuple("abcdefghij"), 32, 3, (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    model, judge = create_model("convnet3", info), create_model("convnet3", info)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 3, 3, 9])
+    own = crop_scores(model, x, y, batch_size=2)
+    judged = crop_scores(model, x, y, judge=judge, batch_size=2)
+    assert torch.allclose(own["grad_norm"], grad_norms(model, x, y))
+    assert torch.equal(own["grad_norm"], judged["grad_norm"])
+    with torch.no_grad():
+        p = torch.softmax(judge(x).double(), 1)
+    assert torch.allclose(judged["prob"], p[torch.arange(4), y], atol=1e-6)
+    assert torch.equal(judged["pred"], p.argmax(1))
+    assert not torch.allclose(own["prob"], judged["prob"])
 
 
 def test_highest_correct_keeps_the_teacher_right_crops_first():
