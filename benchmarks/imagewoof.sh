@@ -43,9 +43,10 @@ seeded() {
   if [[ ! -d $run && -d $committed ]]; then mkdir -p "$(dirname "$run")"; cp -r "$committed" "$run"; fi
 }
 
+# every phase reads the teachers from RUNS: on a fresh machine, the committed copies
+seeded "$CONVERGED"; seeded "$EARLY"
 case ${1:-} in
   teachers)
-    seeded "$CONVERGED"; seeded "$EARLY"
     mkdir -p "$RUNS/logs"
     # planned for 40 epochs, cut to 20 after its 7th to fit the issue's CPU budget (BENCHMARKS.md)
     "$INFOUTIL" teacher train "${COMMON[@]}" --epochs 20 --reschedule --out "$CONVERGED" --resume \
