@@ -218,14 +218,12 @@ class ValidationSplit:
 
     def describe(self, train: ImageDataset) -> dict:
         """What an output records: the rule, the count and a hash of the held-out indices."""
-        import hashlib
-
         idx = self.indices(train.targets, train.info.num_classes)
         return {
             "per_class": self.per_class,
             "seed": self.seed,
             "images": len(idx),
-            "sha256": hashlib.sha256(idx.numpy().astype("<i8").tobytes()).hexdigest(),
+            "sha256": index_sha256(idx),
         }
 
     @classmethod
@@ -254,6 +252,14 @@ def split_train_val(
     for part in parts:
         part.validation = record
     return parts
+
+
+def index_sha256(indices: torch.Tensor) -> str:
+    """The SHA-256 of integer indices as little-endian int64: the same set in the same order
+    gives the same digest on every machine (what outputs and caches are keyed by)."""
+    import hashlib
+
+    return hashlib.sha256(indices.numpy().astype("<i8").tobytes()).hexdigest()
 
 
 def per_class_sample(

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from infoutil.attribution.patch import patch_bounds
 from infoutil.config import DistillConfig
 from infoutil.data.augment import to_float
-from infoutil.data.base import ImageDataset, per_class_sample
+from infoutil.data.base import ImageDataset, index_sha256, per_class_sample
 from infoutil.distributed import Context
 from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_save_tensors
@@ -151,10 +151,7 @@ class ScoreStore:
     def _path(self, chunk: int, candidates: torch.Tensor) -> Path:
         # named by its candidates too: runs on other pools (another --candidates-per-class)
         # share the directory, and must not overwrite each other's chunk i
-        import hashlib
-
-        digest = hashlib.sha256(candidates.numpy().astype("<i8").tobytes()).hexdigest()[:12]
-        return self.dir / f"chunk_{chunk:05d}_{digest}.safetensors"
+        return self.dir / f"chunk_{chunk:05d}_{index_sha256(candidates)[:12]}.safetensors"
 
     def load(
         self, chunk: int, expect: torch.Tensor, fields: tuple[str, ...] = ()

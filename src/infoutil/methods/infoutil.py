@@ -11,7 +11,6 @@ Assembly and soft labels are common to all methods (``methods.common``).
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
@@ -26,6 +25,7 @@ from infoutil.attribution.amortized import (
 )
 from infoutil.attribution.gradcam import gradcam_maps
 from infoutil.attribution.patch import compiled_teacher, patch_shapley, patch_shapley_early_stop
+from infoutil.data.base import index_sha256
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import load_teacher
 from infoutil.methods.common import (
@@ -517,4 +517,4 @@ def _pool_key(candidates: torch.Tensor, inf) -> dict:
     """A shortlisted pool is its own store (its chunks hold other candidates)."""
     if inf.shortlist is None:
         return {}
-    return {"pool": hashlib.sha256(candidates.numpy().astype("<i8").tobytes()).hexdigest()[:16]}
+    return {"pool": index_sha256(candidates)[:16]}

@@ -53,6 +53,12 @@ def cosine_lr(base: float, step: int, total: int, floor: float = 0.0) -> float:
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def _log_line(out_dir: Path, row: dict) -> None:
+    """One line of ``train_log.jsonl``: an epoch's numbers, or a change to the run."""
+    with open(out_dir / "train_log.jsonl", "ab") as f:
+        f.write(dumps_json(row).replace(b"\n", b"") + b"\n")
+
+
 def _state_path(out_dir: Path, epoch: int) -> Path:
     return out_dir / f"optimizer_{epoch:04d}.safetensors"
 
@@ -163,8 +169,7 @@ def train_teacher(
         if ctx.is_main:
             if rescheduled is not None:
                 # the log first: a kill between the two leaves the change recorded, not silent
-                with open(out_dir / "train_log.jsonl", "ab") as f:
-                    f.write(dumps_json(rescheduled).replace(b"\n", b"") + b"\n")
+                _log_line(out_dir, rescheduled)
             atomic_write_json(config_path, cfg.model_dump())
 
         torch.manual_seed(cfg.seed)
@@ -246,20 +251,17 @@ def train_teacher(
                 _state_path(out_dir, epoch).unlink(missing_ok=True)  # the previous epoch's
                 seconds = time.perf_counter() - t0
                 rate = n / train_seconds
-                with open(out_dir / "train_log.jsonl", "ab") as f:
-                    f.write(
-                        dumps_json(
-                            {
-                                "epoch": epoch + 1,
-                                "test_accuracy": acc,
-                                "seconds": round(seconds, 2),
-                                "train_seconds": round(train_seconds, 2),
-                                "train_images_per_second": round(rate, 1),
-                                "loss": loss_sum / steps_per_epoch,
-                            }
-                        ).replace(b"\n", b"")
-                        + b"\n"
-                    )
+                _log_line(
+                    out_dir,
+                    {
+                        "epoch": epoch + 1,
+                        "test_accuracy": acc,
+                        "seconds": round(seconds, 2),
+                        "train_seconds": round(train_seconds, 2),
+                        "train_images_per_second": round(rate, 1),
+                        "loss": loss_sum / steps_per_epoch,
+                    },
+                )
                 if is_main_process() and progress_bar:
                     print(
                         f"epoch {epoch + 1}/{cfg.epochs}: test accuracy {acc:.4f}, "
