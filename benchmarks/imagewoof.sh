@@ -32,8 +32,13 @@ COMMON=(--dataset imagewoof --arch convnet5 --lr 0.01 --val-per-class 100 --comp
 VARIANTS=(rded random random-windows paper default
           default-random-window default-gradcam default-rded-crop default-f1
           default-highest default-lowest default-strata ${IDEAS:-})
-# maps through bf16 and torch.compile: faster on this CPU; checked against fp32 maps first
-ENGINE=(--map-engine precision=bf16 compile=true early_stop_z=1.5)
+# maps through bf16, torch.compile and the early stop: checked against fp32 maps first
+# (engine-check). One file says it, for the maps phase (a distil config) and for study.py
+# (its informativeness keys as --map-engine KEY=VALUE), so the study finds the maps cached.
+ENGINE_CONFIG=${ENGINE_CONFIG:-benchmarks/configs/imagewoof-engine-bf16-compiled-z1.5.yaml}
+read -ra ENGINE <<< "--map-engine $("$PY" -c 'import json, sys, yaml
+engine = yaml.safe_load(open(sys.argv[1]))["informativeness"]
+print(" ".join(f"{k}={json.dumps(v)}" for k, v in engine.items()))' "$ENGINE_CONFIG")"
 STUDY=(--dataset imagewoof --val-per-class 100 --candidates-per-class 100 --epochs 100
        --compile --workers 2 --data-root "$INFOUTIL_DATA")
 
@@ -79,8 +84,7 @@ case ${1:-} in
     OMP_NUM_THREADS=1 "$PY" -m torch.distributed.run --nproc-per-node 2 -m infoutil distill \
       --recipe default --dataset imagewoof --teacher "$CONVERGED" --ipc 10 --seed 0 \
       --candidates-per-class 100 --val-per-class 100 --threads 1 --resume \
-      --config "benchmarks/configs/imagewoof-engine-${ENGINE_NAME:-bf16-compiled-z1.5}.yaml" \
-      --out "$RUNS/maps-default-ipc10" ;;
+      --config "$ENGINE_CONFIG" --out "$RUNS/maps-default-ipc10" ;;
   study)
     "$PY" benchmarks/study.py "${STUDY[@]}" "${ENGINE[@]}" --teacher "$CONVERGED" --ipc 10 \
       --seeds 2 --variants "${VARIANTS[@]}" --work "$RUNS/study-imagewoof" \
