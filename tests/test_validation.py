@@ -85,21 +85,34 @@ def test_full_and_evaluation_on_the_split(fmnist_teacher, data_root, tmp_path, p
     )
     sset = distill(small, fmnist_teacher, tmp_path / "r", data_root=str(data_root), progress=False)
     protocol = PROTOCOLS["rded"].model_copy(update={"epochs": 2, "eval_points": 1})
-    res = evaluate(
-        sset,
-        tmp_path / "e",
-        protocol=protocol,
-        data_root=str(data_root),
-        progress=False,
-        split="val",
-    )
+
+    def run(out: str, **kw):
+        kw = {"protocol": protocol, "data_root": str(data_root), "progress": False, **kw}
+        return evaluate(sset, tmp_path / out, **kw)
+
+    res = run("e", split="val")
     assert res["split"] == "val" and res["test_images"] == len(val) == 300
     assert res["validation"] == val.validation
-    test = evaluate(
-        sset, tmp_path / "t", protocol=protocol, data_root=str(data_root), progress=False
-    )
+    test = run("t")
     assert test["split"] == "test" and test["test_images"] == 10000 and test["validation"] is None
     assert res["held_out"] == test["held_out"] == val.validation  # the set never saw it
+    # the student that was measured on val, measured on test: the same number as training it
+    # again for the test set, without the training
+    reused = run("t2", students_from=tmp_path / "e")
+    assert reused["accuracy"] == test["accuracy"]
+    last = reused["curves"][0]["curve"][-1]
+    assert last["student_from"] == str(tmp_path / "e") and "probe_accuracy" not in last
+    assert [p["train_loss"] for p in reused["curves"][0]["curve"]] == [
+        p["train_loss"] for p in test["curves"][0]["curve"]
+    ]
+    # another training (one epoch, not two) does not match the kept student: it trains
+    other = run(
+        "t3", protocol=protocol.model_copy(update={"epochs": 1}), students_from=tmp_path / "e"
+    )
+    assert "student_from" not in other["curves"][0]["curve"][-1]
+    missing = str(tmp_path / "nowhere")
+    proc = run_cli("evaluate", str(sset), "--out", str(tmp_path / "t4"), "--students-from", missing)
+    assert_one_line_error(proc, "--students-from", "nowhere")
 
 
 def test_val_on_a_set_without_a_split_is_refused(fmnist_teacher, data_root, tmp_path):

@@ -429,6 +429,13 @@ def evaluate(
     ),
     epochs: int | None = typer.Option(None, "--epochs"),
     seeds: int = typer.Option(1, "--seeds", help="Train this many students (seeds 0..N-1)."),
+    students_from: Path | None = typer.Option(
+        None,
+        "--students-from",
+        help="Another evaluation's --out: each seed whose student it kept, trained the same way "
+        "on the same set, is measured here instead of trained again (its val students give the "
+        "test row).",
+    ),
     autoaugment: bool | None = typer.Option(None, "--autoaugment/--no-autoaugment"),
     compile_model: bool | None = typer.Option(
         None,
@@ -468,6 +475,7 @@ def evaluate(
         overwrite=overwrite,
         progress=not quiet,
         device=device,
+        students_from=students_from,
         split=split,
     )
 

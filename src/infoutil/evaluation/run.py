@@ -6,15 +6,27 @@ measured), teacher_accuracy, the teachers (``teacher`` relabels online, ``distil
 selected, ``label_teacher`` stored the logits), seeds, accuracy (one per seed, each the LAST
 epoch's top-1, never the best), mean, std (population, ddof 0), distill_seconds,
 evaluate_seconds, and the full config.
+
+Each trained student's weights stay in the output (``seed_N_student.safetensors``), keyed by
+what decided its training: the set's bytes, the student, the relabelling teacher and the
+protocol's training fields. ``students_from`` measures those students on another split instead
+of training them again: the students that chose a recipe on ``val`` give its ``test`` row, and
+only missing seeds train.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from infoutil import distributed
 from infoutil.config import ProtocolConfig
@@ -22,14 +34,59 @@ from infoutil.data import ImageDataset, ValidationSplit, load_dataset, per_class
 from infoutil.errors import UserError
 from infoutil.evaluation.compare import format_accuracy
 from infoutil.evaluation.student import StudentRun, rded_batch_size, train_student
-from infoutil.io.atomic import atomic_write_json
+from infoutil.io.atomic import atomic_save_tensors, atomic_write_json
 from infoutil.io.checkpoint import check_teacher_fits, load_teacher
-from infoutil.io.distilled import finish_output, load_distilled, prepare_output
+from infoutil.io.distilled import COMPLETE, finish_output, load_distilled, prepare_output
 from infoutil.io.lock import output_lock
+from infoutil.models import create_model
 from infoutil.report.plots import plot_training_curves
 from infoutil.runtime import fault_point, resolve_device
 
 RESULTS_FORMAT = "infoutil-results/1"
+STUDENT_FORMAT = "infoutil-student/1"
+# protocol fields that only change what is measured, not how a student trains
+MEASURE_ONLY = ("eval_points", "probe_images", "test_per_class", "eval_batch_size")
+
+
+def student_file(folder: Path, seed: int) -> Path:
+    return Path(folder) / f"seed_{seed}_student.safetensors"
+
+
+def training_key(distilled_dir: Path, student: str, teacher: str, protocol: ProtocolConfig) -> str:
+    """What decides a student's weights for a given seed: the distilled set's bytes (its
+    COMPLETE.json lists every file's sha256), the student, the teacher that relabels online and
+    the protocol's training fields. Not the split it is measured on."""
+    fields = {k: v for k, v in protocol.model_dump().items() if k not in MEASURE_ONLY}
+    record = {
+        "set": hashlib.sha256((Path(distilled_dir) / COMPLETE).read_bytes()).hexdigest(),
+        "student": student,
+        "teacher": str(teacher),
+        "protocol": fields,
+    }
+    return json.dumps(record, sort_keys=True)
+
+
+def save_student(path: Path, model: torch.nn.Module, seed: int, key: str) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # one metadata entry: safetensors writes several in no fixed order, and the bytes must repeat
+    meta = {"student": json.dumps({"format": STUDENT_FORMAT, "seed": seed, "training": key})}
+    atomic_save_tensors(path, tensors, meta)
+
+
+def load_student(path: Path, key: str, model: torch.nn.Module) -> bool:
+    """Load a kept student into ``model`` if it was trained as ``key`` says; False otherwise
+    (then it is trained here)."""
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("student", "{}"))
+        if meta.get("format") != STUDENT_FORMAT or meta.get("training") != key:
+            return False
+        model.load_state_dict(load_file(str(path)))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise UserError(f"{path}: unreadable kept student ({err}); move it away") from err
+    return True
 
 
 def evaluate(
@@ -47,11 +104,14 @@ def evaluate(
     progress: bool = True,
     device: str | None = None,
     split: str = "test",
+    students_from: str | Path | None = None,
 ) -> dict:
     """Train ``len(seeds)`` students on the distilled set; returns the results record.
 
     ``split`` is what the students are measured on: ``test`` (the real test set, the reported
     figure) or ``val`` (the validation split held out when the set was distilled).
+    ``students_from``: another evaluation's output; a seed whose student it kept, trained the
+    same way on the same set, is measured here rather than trained again.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -62,6 +122,8 @@ def evaluate(
     ctx = distributed.context()
     if split not in ("test", "val"):
         raise UserError(f"--split {split!r}: choose 'test' (the reported figure) or 'val'")
+    if students_from is not None and not Path(students_from).is_dir():
+        raise UserError(f"--students-from {students_from}: no such folder of an evaluation")
     distilled = load_distilled(distilled_dir, data_root=data_root, cache_dir=cache_dir)
     validation = ValidationSplit.from_dict(distilled.manifest.get("validation"))
     if split == "val" and validation is None:
@@ -87,6 +149,7 @@ def evaluate(
     relabeller = load_teacher(teacher_spec, expect=distilled.info)
     relabeller.model.to(resolve_device(device))
     check_teacher_fits(relabeller.info, distilled.info, str(teacher_spec))
+    key = training_key(Path(distilled_dir), student, teacher_spec, protocol)
     config = {
         "command": "evaluate",
         "distilled": str(distilled_dir),
@@ -96,6 +159,8 @@ def evaluate(
         "seeds": seeds,
         "split": split,
     }
+    if students_from is not None:  # only then: runs begun before the option resume as they were
+        config["students_from"] = str(students_from)
     with contextlib.ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(output_lock(out))
@@ -110,6 +175,17 @@ def evaluate(
                 saved = json.loads(record.read_text())
                 runs.append(StudentRun(seed, saved["accuracy"], saved["curve"]))
                 continue
+            kept = _measure_kept(
+                students_from, seed, key, student, distilled.info, test, protocol, relabeller, ctx
+            )
+            if kept is not None:
+                if ctx.is_main:
+                    shutil.copy(student_file(students_from, seed), student_file(stage, seed))
+                    atomic_write_json(
+                        record, {"seed": seed, "accuracy": kept.accuracy, "curve": kept.curve}
+                    )
+                runs.append(kept)
+                continue
             state = stage / f"seed_{seed}_state.safetensors"
             run = train_student(
                 distilled,
@@ -123,6 +199,7 @@ def evaluate(
                 progress_bar=progress,
             )
             if ctx.is_main:
+                save_student(student_file(stage, seed), run.model, seed, key)
                 atomic_write_json(
                     record, {"seed": seed, "accuracy": run.accuracy, "curve": run.curve}
                 )
@@ -149,6 +226,27 @@ def evaluate(
             flush=True,
         )
     return results
+
+
+def _measure_kept(
+    students_from, seed, key, student, info, test, protocol, relabeller, ctx
+) -> StudentRun | None:
+    """The kept student of ``seed`` measured on ``test``, or None if there is none to reuse."""
+    if students_from is None:
+        return None
+    source = Path(students_from) / f"seed_{seed}.json"
+    model = create_model(student, info)
+    if not source.is_file() or not load_student(student_file(students_from, seed), key, model):
+        return None
+    model.to(next(relabeller.model.parameters()).device)
+    accuracy = ctx.sharded_accuracy(model, test, protocol.eval_batch_size)
+    # the same training, so the same losses; the source's probe points measured its own split
+    curve = [
+        {"epoch": p["epoch"], "train_loss": p["train_loss"]}
+        for p in json.loads(source.read_text())["curve"]
+    ]
+    curve[-1].update(test_accuracy=accuracy, student_from=str(students_from))
+    return StudentRun(seed, accuracy, curve)
 
 
 def _results(
