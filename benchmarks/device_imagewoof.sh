@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue "InfoUtil at high resolution", on a GPU: the ImageWoof sets the CPU distilled, evaluated
-# at the paper's 300 epochs, 3 students each, on the test set, in one device call. The CPU
-# distils (benchmarks/imagewoof.sh grid); only the students' training moves to the GPU.
+# at the paper's 300 epochs, 3 ConvNet-5 students each, on the test set, in one device call. The
+# CPU distils (benchmarks/imagewoof.sh grid); only the students' training moves to the GPU.
 # Results land in $OUT/<set>/results.json. It needs, beside the working tree (carry them):
 #   .device-data/imagewoof/  python benchmarks/subset_data.py --source $INFOUTIL_DATA/imagewoof \
 #                              --out .device-data/imagewoof --train-per-class 1 \
@@ -36,6 +36,7 @@ for set in "${sets[@]}"; do
     [[ $name == *labels-early* ]] && teacher=$EARLY
     start=$(date +%s)
     "$PY" -m infoutil evaluate "$set" --split test --epochs "$EPOCHS" --seeds "$SEEDS" \
+        --student convnet5 \
         --teacher "$teacher" --device "$DEVICE" -q --out "$OUT/$name"
     echo "$name: $(( $(date +%s) - start )) s"
 done

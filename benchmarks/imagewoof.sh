@@ -29,9 +29,11 @@ COMMON=(--dataset imagewoof --arch convnet5 --lr 0.01 --val-per-class 100 --comp
 # maps; random windows, Grad-CAM, RDED's crops and whole images need none. IDEAS (the map's own
 # knobs: default-grid8, -logit, -blur, -mean, -k3, -all-sources) are run once the diagnostics
 # of these rows argue for them: each that changes the game costs a set of maps of its own.
-VARIANTS=(rded random random-windows paper default
-          default-random-window default-gradcam default-rded-crop default-f1
-          default-highest default-lowest default-strata ${IDEAS:-})
+# In the order of the questions (two workers take them in turn, and a session may end first):
+# does the default beat the baselines, does its map beat a random window, then the rest.
+VARIANTS=(default rded random default-random-window paper default-rded-crop
+          default-f1 random-windows default-gradcam default-highest default-lowest
+          default-strata ${IDEAS:-})
 # maps through bf16, torch.compile and the early stop: checked against fp32 maps first
 # (engine-check). One file says it, for the maps phase (a distil config) and for study.py
 # (its informativeness keys as --map-engine KEY=VALUE), so the study finds the maps cached.
@@ -40,7 +42,7 @@ read -ra ENGINE <<< "--map-engine $("$PY" -c 'import json, sys, yaml
 engine = yaml.safe_load(open(sys.argv[1]))["informativeness"]
 print(" ".join(f"{k}={json.dumps(v)}" for k, v in engine.items()))' "$ENGINE_CONFIG")"
 STUDY=(--dataset imagewoof --val-per-class 100 --candidates-per-class 100 --epochs 100
-       --compile --workers 2 --data-root "$INFOUTIL_DATA")
+       --student convnet5 --compile --workers 2 --data-root "$INFOUTIL_DATA")
 
 # a teacher's run folder: where it trains (RUNS), seeded from the committed copy if RUNS lost it
 seeded() {

@@ -210,10 +210,13 @@ def run_one(job: dict) -> dict:
     split = job["split"]
     run = f"{tag}-{split}" + (f"-e{job['epochs']}" if job["epochs"] != 100 else "")
     out = work / "eval" / run
+    # the test row measures the students that the validation row trained, where they match
+    on_val = work / "eval" / run.replace(f"-{split}", "-val", 1)
     if not (out / COMPLETE).is_file():
         evaluate(
             distilled,
             out,
+            student=job["student"],
             protocol=protocol,
             seeds=list(range(job["seeds"])),
             data_root=job["data_root"],
@@ -221,6 +224,7 @@ def run_one(job: dict) -> dict:
             overwrite=out.exists(),
             progress=False,
             split=split,
+            students_from=on_val if split != "val" and on_val.is_dir() else None,
         )
     dest = Path(job["results"]) / run
     dest.mkdir(parents=True, exist_ok=True)
@@ -319,6 +323,7 @@ def main() -> None:
     ap.add_argument("--val-seed", type=int, default=0)
     ap.add_argument("--candidates-per-class", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--student", default="convnet3", help="the student architecture")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument(
@@ -361,6 +366,7 @@ def main() -> None:
             "val_seed",
             "candidates_per_class",
             "epochs",
+            "student",
             "seeds",
             "data_root",
             "work",
