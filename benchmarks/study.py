@@ -404,6 +404,8 @@ def grid_markdown(rows: list[dict]) -> str:
         cells.setdefault(line, {})[int(ipc)] = (
             f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} ({r['seeds']})"
         )
+    if not cells:
+        return ""
     ipcs = sorted({i for c in cells.values() for i in c})
     lines = [
         "| variant | " + " | ".join(f"IPC {i}" for i in ipcs) + " |",
