@@ -208,10 +208,11 @@ def run_one(job: dict) -> dict:
         update={"epochs": job["epochs"], "compile": job["compile"]}
     )
     split = job["split"]
-    run = f"{tag}-{split}" + (f"-e{job['epochs']}" if job["epochs"] != 100 else "")
+    epochs = f"-e{job['epochs']}" if job["epochs"] != 100 else ""
+    run = f"{tag}-{split}{epochs}"
     out = work / "eval" / run
     # the test row measures the students that the validation row trained, where they match
-    on_val = work / "eval" / run.replace(f"-{split}", "-val", 1)
+    on_val = work / "eval" / f"{tag}-val{epochs}"
     if not (out / COMPLETE).is_file():
         evaluate(
             distilled,

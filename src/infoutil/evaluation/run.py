@@ -48,6 +48,11 @@ STUDENT_FORMAT = "infoutil-student/1"
 MEASURE_ONLY = ("eval_points", "probe_images", "test_per_class", "eval_batch_size")
 
 
+def seed_record(folder: Path, seed: int) -> Path:
+    """A finished seed's accuracy and curve."""
+    return Path(folder) / f"seed_{seed}.json"
+
+
 def student_file(folder: Path, seed: int) -> Path:
     return Path(folder) / f"seed_{seed}_student.safetensors"
 
@@ -170,7 +175,7 @@ def evaluate(
         ctx.barrier()
         runs: list[StudentRun] = []
         for seed in seeds:
-            record = stage / f"seed_{seed}.json"
+            record = seed_record(stage, seed)
             if record.is_file():
                 saved = json.loads(record.read_text())
                 runs.append(StudentRun(seed, saved["accuracy"], saved["curve"]))
@@ -232,11 +237,10 @@ def _measure_kept(
     students_from, seed, key, student, info, test, protocol, relabeller, ctx
 ) -> StudentRun | None:
     """The kept student of ``seed`` measured on ``test``, or None if there is none to reuse."""
-    if students_from is None:
+    if students_from is None or not (source := seed_record(students_from, seed)).is_file():
         return None
-    source = Path(students_from) / f"seed_{seed}.json"
     model = create_model(student, info)
-    if not source.is_file() or not load_student(student_file(students_from, seed), key, model):
+    if not load_student(student_file(students_from, seed), key, model):
         return None
     model.to(next(relabeller.model.parameters()).device)
     accuracy = ctx.sharded_accuracy(model, test, protocol.eval_batch_size)
