@@ -32,8 +32,10 @@ COMMON=(--dataset imagewoof --arch convnet5 --lr 0.01 --val-per-class 100 --comp
 # In the order of the questions (two workers take them in turn, and a session may end first):
 # does the default beat the baselines, does its map beat a random window, then the rest.
 VARIANTS=(default rded random default-random-window paper default-rded-crop
-          default-f1 random-windows default-gradcam default-highest default-lowest
+          default-f1 default-gradcam random-windows default-highest default-lowest
           default-strata ${IDEAS:-})
+# STUDY_VARIANTS replaces the list (a session that runs only some of them)
+[[ -n ${STUDY_VARIANTS:-} ]] && read -ra VARIANTS <<< "$STUDY_VARIANTS"
 # maps through bf16, torch.compile and the early stop: checked against fp32 maps first
 # (engine-check). One file says it, for the maps phase (a distil config) and for study.py
 # (its informativeness keys as --map-engine KEY=VALUE), so the study finds the maps cached.
@@ -42,7 +44,7 @@ read -ra ENGINE <<< "--map-engine $("$PY" -c 'import json, sys, yaml
 engine = yaml.safe_load(open(sys.argv[1]))["informativeness"]
 print(" ".join(f"{k}={json.dumps(v)}" for k, v in engine.items()))' "$ENGINE_CONFIG")"
 STUDY=(--dataset imagewoof --val-per-class 100 --candidates-per-class 100 --epochs 100
-       --student convnet5 --compile --workers 2 --data-root "$INFOUTIL_DATA")
+       --student convnet5 --compile --workers "${WORKERS:-2}" --data-root "$INFOUTIL_DATA")
 
 # a teacher's run folder: where it trains (RUNS), seeded from the committed copy if RUNS lost it
 seeded() {
@@ -92,16 +94,23 @@ case ${1:-} in
       --seeds 2 --variants "${VARIANTS[@]}" --work "$RUNS/study-imagewoof" \
       --results benchmarks/results/study/imagewoof ;;
   confirm)  # the leaders (set LEADERS to the study's top two or three, with rded and random)
-    "$PY" benchmarks/study.py "${STUDY[@]}" "${ENGINE[@]}" --teacher "$CONVERGED" --ipc 1 50 \
+    # shellcheck disable=SC2086  # CONFIRM_IPC is a list
+    "$PY" benchmarks/study.py "${STUDY[@]}" "${ENGINE[@]}" --teacher "$CONVERGED" \
+      --ipc ${CONFIRM_IPC:-1 50} \
       --seeds 2 --variants ${LEADERS:-default rded random} --work "$RUNS/study-imagewoof" \
       --results benchmarks/results/study/imagewoof ;;
-  grid)  # the test set, once the recipe is fixed; the early label teacher at IPC 1 and 10
+  grid)  # the test set, once the recipe is fixed; the early label teacher at IPC 1 and 10.
+    # GRID_IPC, GRID_VARIANTS and LABEL_IPC narrow it to what a session's budget holds
+    # (LABEL_IPC=none skips the early label teacher's rows)
+    # shellcheck disable=SC2086  # the GRID_* variables are lists
     "$PY" benchmarks/study.py "${STUDY[@]}" "${ENGINE[@]}" \
-      --teacher "$CONVERGED" --split test --ipc 1 10 50 --seeds 3 \
-      --variants default paper rded random --work "$RUNS/study-imagewoof" \
+      --teacher "$CONVERGED" --split test --ipc ${GRID_IPC:-10 1 50} --seeds 3 \
+      --variants ${GRID_VARIANTS:-default paper rded random} --work "$RUNS/study-imagewoof" \
       --results benchmarks/results/study/imagewoof
+    [[ ${LABEL_IPC:-} == none ]] && exit 0
+    # shellcheck disable=SC2086
     "$PY" benchmarks/study.py "${STUDY[@]}" "${ENGINE[@]}" --teacher "$CONVERGED" \
-      --label-teacher "$EARLY" --split test --ipc 1 10 --seeds 3 \
+      --label-teacher "$EARLY" --split test --ipc ${LABEL_IPC:-10 1} --seeds 3 \
       --variants default rded random --work "$RUNS/study-imagewoof" \
       --results benchmarks/results/study/imagewoof ;;
   *) sed -n '2,14p' "$0"; exit 2 ;;
