@@ -10,6 +10,9 @@
 #   bash benchmarks/imagewoof.sh confirm    # the leaders at IPC 1 and 50, validation split
 #   bash benchmarks/imagewoof.sh grid       # the final grid on the test set, 3 seeds
 #
+# A session narrows a phase by environment: STUDY_VARIANTS (the study's list), WORKERS (2),
+# GRID_IPC, GRID_VARIANTS and LABEL_IPC (none: no early-label rows), CONFIRM_IPC, LEADERS.
+#
 # RUNS (default /work/runs) holds the teachers while they train and the study's work folders;
 # benchmarks/teachers/ gets each teacher's last epoch, its log and its optimizer state (enough
 # to resume) at the end of a session: `bash benchmarks/imagewoof.sh save-teachers`.
@@ -93,25 +96,26 @@ case ${1:-} in
     "$PY" benchmarks/study.py "${STUDY[@]}" "${ENGINE[@]}" --teacher "$CONVERGED" --ipc 10 \
       --seeds 2 --variants "${VARIANTS[@]}" --work "$RUNS/study-imagewoof" \
       --results benchmarks/results/study/imagewoof ;;
-  confirm)  # the leaders (set LEADERS to the study's top two or three, with rded and random)
+  confirm)  # the study's three leaders with rded and random (LEADERS replaces the list)
     # shellcheck disable=SC2086  # CONFIRM_IPC is a list
     "$PY" benchmarks/study.py "${STUDY[@]}" "${ENGINE[@]}" --teacher "$CONVERGED" \
       --ipc ${CONFIRM_IPC:-1 50} \
-      --seeds 2 --variants ${LEADERS:-default rded random} --work "$RUNS/study-imagewoof" \
+      --seeds 2 --variants ${LEADERS:-default-f1 default-rded-crop default-random-window rded random} --work "$RUNS/study-imagewoof" \
       --results benchmarks/results/study/imagewoof ;;
   grid)  # the test set, once the recipe is fixed; the early label teacher at IPC 1 and 10.
+    # default-f1 is today's default at 128 px (the same config; its set and val students)
     # GRID_IPC, GRID_VARIANTS and LABEL_IPC narrow it to what a session's budget holds
     # (LABEL_IPC=none skips the early label teacher's rows)
     # shellcheck disable=SC2086  # the GRID_* variables are lists
     "$PY" benchmarks/study.py "${STUDY[@]}" "${ENGINE[@]}" \
       --teacher "$CONVERGED" --split test --ipc ${GRID_IPC:-10 1 50} --seeds 3 \
-      --variants ${GRID_VARIANTS:-default paper rded random} --work "$RUNS/study-imagewoof" \
+      --variants ${GRID_VARIANTS:-default-f1 paper rded random} --work "$RUNS/study-imagewoof" \
       --results benchmarks/results/study/imagewoof
     [[ ${LABEL_IPC:-} == none ]] && exit 0
     # shellcheck disable=SC2086
     "$PY" benchmarks/study.py "${STUDY[@]}" "${ENGINE[@]}" --teacher "$CONVERGED" \
       --label-teacher "$EARLY" --split test --ipc ${LABEL_IPC:-10 1} --seeds 3 \
-      --variants default rded random --work "$RUNS/study-imagewoof" \
+      --variants default-f1 rded random --work "$RUNS/study-imagewoof" \
       --results benchmarks/results/study/imagewoof ;;
   *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

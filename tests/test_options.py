@@ -251,6 +251,19 @@ def test_the_default_recipe_is_the_studys_leader(run):
     ]
 
 
+def test_the_default_keeps_whole_images_at_every_resolution_and_rded_stitches():
+    """The ImageWoof study (128 px) moved InfoUtil's default to factor 1 everywhere; rded, the
+    baselines and the paper's recipe keep RDED's rule (2 above 64 px), and --factor wins."""
+    from infoutil.config import DistillConfig
+
+    woof = {"dataset": "imagewoof", "ipc": 10}
+    assert DistillConfig(**woof).factor == 1
+    assert DistillConfig(**woof, recipe="paper").factor is None
+    assert DistillConfig(**woof, factor=2).factor == 2
+    for method in ("rded", "random", "herding", "kcenter"):
+        assert DistillConfig(**woof, method=method).factor is None
+
+
 FASTSHAP = {"attribution": "fastshap", "fastshap": {"images_per_class": 3, "coalitions": 8}}
 
 
@@ -314,6 +327,13 @@ def test_every_study_variant_is_a_valid_config():
     rded_crop = DistillConfig(dataset="imagewoof", ipc=1, **study.VARIANTS["default-rded-crop"][1])
     assert rded_crop.informativeness.attribution == "rded"
     assert rded_crop.utility.select == "cluster"  # the default's rule, only the crops differ
+    # the controls vary the default as the study found it (factor 2, Shapley), not today's
+    old = DistillConfig(dataset="imagewoof", ipc=1, **study.VARIANTS["default-f2"][1])
+    assert (old.factor, old.informativeness.attribution) == (2, "shapley")
+    assert rded_crop.factor == 2 and DistillConfig(dataset="imagewoof", ipc=1).factor == 1
+    # at 128 px today's default is the study's default-f1 set, so its students give the grid
+    f1 = DistillConfig(dataset="imagewoof", ipc=10, **study.VARIANTS["default-f1"][1])
+    assert f1.model_dump() == DistillConfig(dataset="imagewoof", ipc=10).model_dump()
 
 
 def test_the_forward_batch_keeps_a_forward_near_half_a_gigabyte():

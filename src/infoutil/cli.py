@@ -353,7 +353,8 @@ def distill(
     factor: int | None = typer.Option(
         None,
         "--factor",
-        help="Patches per side of a distilled image (default: 1 up to 64 px, else 2).",
+        help="Patches per side of a distilled image (default: 1, whole images; rded and "
+        "--recipe paper: 1 up to 64 px, else 2).",
     ),
     estimator: str | None = typer.Option(
         None, "--estimator", help="leverage-gp (default), leverage, kernel, permutation or exact."

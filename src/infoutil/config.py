@@ -204,7 +204,11 @@ class RdedConfig(Strict):
 # file and the flags are applied; the built-in defaults fill the rest. "paper" is the paper's
 # text read literally (docs/method.md), whatever the defaults become.
 RECIPES: dict[str, dict] = {
-    "default": {},
+    # whole images (factor 1) at every resolution: at 32 px (CIFAR-10) and at 128 px (ImageWoof,
+    # ConvNet-5) the easiest whole image of each feature group beat every factor-2 set of
+    # stitched quarters, whether placed by the Shapley map, Grad-CAM, RDED's crops or at random
+    # (docs/method.md, BENCHMARKS.md). --factor 2 gives the paper's stitched regime
+    "default": {"factor": 1},
     "paper": {
         "informativeness": {
             "attribution": "shapley",
@@ -231,7 +235,9 @@ class DistillConfig(HoldsOutValidation):
     ipc: int = Field(..., ge=1, description="images per class")
     seed: int = 0
     candidates_per_class: int = Field(300, ge=1)  # paper/RDED: 300
-    factor: int | None = Field(None, ge=1)  # patches per side; None: 1 if <= 64 px, else 2
+    # patches per side; None: RDED's rule, 1 up to 64 px and 2 above (rded, --recipe paper);
+    # InfoUtil's default recipe sets 1
+    factor: int | None = Field(None, ge=1)
     # how ranked patches fill images at factor >= 2 (methods.common.STITCH_RULES): None, the
     # method's own rule (rded: "blocks", as its code; infoutil: "consecutive", Algorithm 1)
     stitch: Literal["consecutive", "blocks"] | None = None
@@ -249,6 +255,8 @@ class DistillConfig(HoldsOutValidation):
     def _apply_recipe(cls, values):
         if not isinstance(values, dict) or values.get("recipe", "default") not in RECIPES:
             return values  # pydantic names an unknown recipe
+        if values.get("method", "infoutil") != "infoutil":
+            return values  # a recipe is InfoUtil's; the baselines keep their own defaults
         plain = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in values.items()}
         return merge(RECIPES[plain.get("recipe", "default")], plain, keep_none=True)
 
