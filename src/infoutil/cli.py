@@ -330,8 +330,8 @@ def distill(
         None,
         "--recipe",
         help="A preset of InfoUtil's free choices: default (chosen on a validation split: "
-        "patch-sized windows, so whole images up to 64 px; one crop per source; the easiest "
-        "crop of each feature group), or paper (the paper's text read literally); other "
+        "whole images at every resolution, so no Shapley map; one image per source; the "
+        "easiest image of each feature group), or paper (the paper's text read literally); other "
         "options override it.",
     ),
     dataset: str | None = typer.Option(None, "--dataset"),
