@@ -136,13 +136,9 @@ DEFAULT_F2 = {"factor": 2, "informativeness": {"attribution": "shapley"}}
 def default(**sections) -> tuple[str, dict]:
     """The factor-2 Shapley default (``DEFAULT_F2``) with ``sections`` (informativeness,
     utility, or top-level keys) changed."""
-    options = {"recipe": "default", **json.loads(json.dumps(DEFAULT_F2))}
-    for key, value in sections.items():
-        if isinstance(value, dict):
-            options[key] = {**options.get(key, {}), **value}
-        else:
-            options[key] = value
-    return "infoutil", options
+    from infoutil.config import merge
+
+    return "infoutil", merge({"recipe": "default", **DEFAULT_F2}, sections, keep_none=True)
 
 
 def _high_resolution_variants() -> dict[str, tuple[str, dict]]:

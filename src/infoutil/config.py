@@ -204,10 +204,11 @@ class RdedConfig(Strict):
 # file and the flags are applied; the built-in defaults fill the rest. "paper" is the paper's
 # text read literally (docs/method.md), whatever the defaults become.
 RECIPES: dict[str, dict] = {
-    # whole images (factor 1) at every resolution: at 32 px (CIFAR-10) and at 128 px (ImageWoof,
-    # ConvNet-5) the easiest whole image of each feature group beat every factor-2 set of
-    # stitched quarters, whether placed by the Shapley map, Grad-CAM, RDED's crops or at random
-    # (docs/method.md, BENCHMARKS.md). --factor 2 gives the paper's stitched regime
+    # whole images (factor 1) at every resolution: at 32 px (CIFAR-10) the easiest whole image
+    # of each feature group beat map-placed windows and factor 2; at 128 px (ImageWoof,
+    # ConvNet-5) it beat every factor-2 set of stitched quarters, whether placed by the Shapley
+    # map, Grad-CAM, RDED's crops or at random (docs/method.md, BENCHMARKS.md). --factor 2
+    # gives the paper's stitched regime
     "default": {"factor": 1},
     "paper": {
         "informativeness": {
