@@ -147,3 +147,27 @@ def test_reschedule_changes_only_the_epochs_of_a_run_in_progress(tmp_path):
     assert log[2] == {"rescheduled_after_epoch": 2, "from_epochs": 4, "to_epochs": 3}
     # the rescheduled run is now its own: a plain resume at 3 epochs is accepted
     assert run_cli(*_train_args(out, epochs=3), "--resume").returncode == 0
+
+
+def test_the_loss_watch_names_a_climbing_loss_and_what_to_try():
+    from infoutil.training.teacher import LossWatch
+
+    # the abandoned ConvNet-5 run at lr 0.05 on ImageWoof: 2.35 at first, near 2.9 by batch 15
+    climbing = LossWatch(0.05, 10)
+    said = [climbing.add(2.35 + 0.04 * i) for i in range(20)]
+    assert said[:19] == [None] * 19 and "the loss is climbing" in said[19]
+    assert "\n" not in said[19] and "try --lr 0.01" in said[19]
+    assert climbing.add(3.5) is None  # once
+    falling = LossWatch(0.05, 10)
+    assert all(falling.add(2.3 - 0.03 * i) is None for i in range(40))
+    watch = LossWatch(0.05, 10)
+    watch.add(2.3)
+    with pytest.raises(UserError, match="became nan at batch 2.*try 0.01"):
+        watch.add(float("nan"))
+
+
+def test_default_learning_rate_by_input_size():
+    from infoutil.training.teacher import default_lr
+
+    assert default_lr("convnet3", 32) == 0.05 and default_lr("convnet3", 28) == 0.05
+    assert default_lr("convnet4", 64) == 0.01 and default_lr("convnet5", 128) == 0.01

@@ -144,6 +144,15 @@ def teacher_train(
         "--compile/--no-compile",
         help="Train through torch.compile (needs a C++ compiler; about 1.7x faster on CPU).",
     ),
+    precision: str | None = typer.Option(
+        None, "--precision", help="fp32 (default) or bf16: autocast forwards, fp32 weights."
+    ),
+    probe_images: int | None = typer.Option(
+        None,
+        "--probe-images",
+        help="Images measured after each epoch, class-balanced, from the validation split if "
+        "held out, else the test set (default 2000); the whole test set at the last epoch.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     stop_after: int | None = typer.Option(
         None, "--stop-after", help="Stop after this many epochs of this invocation."
@@ -180,6 +189,8 @@ def teacher_train(
             "val_seed": val_seed,
             "image_size": image_size,
             "compile": compile_model,
+            "precision": precision,
+            "probe_images": probe_images,
         },
     )
 
@@ -193,10 +204,12 @@ def teacher_train(
         reschedule=reschedule,
         device=device,
     )
-    typer.echo(
-        f"teacher {cfg.arch} on {cfg.dataset}: epoch {meta['epoch']}, test accuracy "
-        f"{meta['test_accuracy']:.4f} -> {out}"
+    measured = (
+        f"test accuracy {meta['test_accuracy']:.4f}"
+        if meta.get("test_accuracy") is not None
+        else f"{meta['probe']['split']} probe accuracy {meta['probe']['accuracy']:.4f}"
     )
+    typer.echo(f"teacher {cfg.arch} on {cfg.dataset}: epoch {meta['epoch']}, {measured} -> {out}")
 
 
 @teacher_app.command("eval")

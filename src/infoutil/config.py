@@ -49,13 +49,23 @@ class TeacherConfig(HoldsOutValidation):
     arch: str = "convnet3"
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.05, gt=0)
+    # None: by input size (training.teacher.default_lr: 0.05 up to 32 px, 0.01 above), resolved
+    # before the run starts and written to its config.json
+    lr: float | None = Field(None, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     seed: int = 0
     augment: bool = True  # pad-4 random crop + horizontal flip
     train_per_class: int | None = Field(None, ge=1)  # a seeded subset, for tests and demos
     test_per_class: int | None = Field(None, ge=1)  # measure on a subset (default: all)
+    # ours: every epoch is measured on a class-balanced sample of this many images (of the
+    # validation split where one is held out, else of the test set), and the whole test set
+    # once, at the last epoch; None: the whole probe split every epoch. A full ImageWoof test
+    # pass after every epoch was 75% of a small teacher run's time
+    probe_images: int | None = Field(2000, ge=1)
+    # ours: bf16 autocast for the training forwards (fp32 weights and optimizer); on CPUs
+    # with bf16 units about 1.6x compiled fp32 for ConvNet-4 at 64 px (BENCHMARKS.md)
+    precision: Literal["fp32", "bf16"] = "fp32"
     # ours: the training and test forwards through torch.compile (inductor); 1.68x the images/s
     # of eager for ConvNet-5 at 128 px on this CPU (BENCHMARKS.md). Opt-in: it needs a C++
     # compiler, and its numbers differ from eager ones in the last bits

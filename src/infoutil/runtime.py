@@ -197,3 +197,10 @@ def compiled_or_refused(model: torch.nn.Module, what: str) -> torch.nn.Module:
     """``model`` through ``torch.compile``; built at its first call, where a machine that
     cannot compile is refused in one line (seconds after the start, before the long work)."""
     return _RefusingCompiled(torch.compile(model), what)
+
+
+def precision_autocast(precision: str, device_type: str = "cpu"):
+    """bf16 autocast on ``device_type`` for ``precision == "bf16"``, else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

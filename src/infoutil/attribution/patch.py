@@ -19,7 +19,6 @@ Baselines (what "absent" means):
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 from infoutil.attribution.shapley import Design, check_budget, make_design
 from infoutil.errors import UserError
-from infoutil.runtime import progress
+from infoutil.runtime import precision_autocast, progress
 
 BASELINES = ("zero", "black", "mean", "blur")
 TARGETS = ("prob", "logit")
@@ -73,13 +72,6 @@ def baseline_images(
     if baseline == "blur":
         return gaussian_blur(images, sigma=images.shape[-1] / grid / 2)
     raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
-
-
-def precision_autocast(precision: str, device_type: str = "cpu"):
-    """bf16 autocast on ``device_type`` for ``precision == "bf16"``, else nothing."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def compiled_teacher(

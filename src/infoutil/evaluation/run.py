@@ -30,14 +30,23 @@ from safetensors.torch import load_file
 
 from infoutil import distributed
 from infoutil.config import ProtocolConfig
-from infoutil.data import ImageDataset, ValidationSplit, load_dataset, per_class_sample, subset
+from infoutil.data import (
+    ImageDataset,
+    ValidationSplit,
+    load_dataset,
+    per_class_sample,
+    resolve_cache_dir,
+    resolve_data_root,
+    subset,
+)
 from infoutil.errors import UserError
 from infoutil.evaluation.compare import format_accuracy
 from infoutil.evaluation.student import StudentRun, rded_batch_size, train_student
 from infoutil.io.atomic import atomic_save_tensors, atomic_write_json
 from infoutil.io.checkpoint import check_teacher_fits, load_teacher
-from infoutil.io.distilled import COMPLETE, finish_output, load_distilled, prepare_output
+from infoutil.io.distilled import load_distilled
 from infoutil.io.lock import output_lock
+from infoutil.io.outputs import COMPLETE, finish_output, prepare_output
 from infoutil.models import create_model
 from infoutil.report.plots import plot_training_curves
 from infoutil.runtime import fault_point, resolve_device
@@ -169,7 +178,11 @@ def evaluate(
     with contextlib.ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(output_lock(out))
-            stage = prepare_output(out, resume=resume, overwrite=overwrite, config=config)
+            inputs = (distilled_dir, teacher_spec, students_from, resolve_data_root(data_root))
+            inputs = (*inputs, resolve_cache_dir(cache_dir))
+            stage = prepare_output(
+                out, resume=resume, overwrite=overwrite, config=config, inputs=inputs
+            )
         else:
             stage = out.with_name(out.name + ".partial")
         ctx.barrier()

@@ -11,8 +11,9 @@
       run_stats.json                 wall time and forward passes (the one file that varies)
       COMPLETE.json                  sha256 of every other file, written last
 
-The directory is built as ``OUT.partial`` and renamed into place, so ``OUT`` is either absent
-or complete; ``OUT.partial`` is what an interrupted run leaves, and ``--resume`` continues it.
+The directory is built as ``OUT.partial`` and renamed into place (``io.outputs``), so ``OUT``
+is either absent or complete; ``OUT.partial`` is what an interrupted run leaves, and
+``--resume`` continues it.
 The same seed and inputs give byte-identical files (all but ``run_stats.json``).
 """
 
@@ -22,7 +23,6 @@ import io
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,11 +40,13 @@ from infoutil.io.atomic import (
     atomic_write_json,
     sha256_file,
 )
+from infoutil.io.outputs import (  # noqa: F401  (re-exported: readers of a set need them)
+    COMPLETE,
+    DISTILLED_FORMAT,
+    VARYING_FILES,
+    staging_dir,
+)
 from infoutil.runtime import fault_point
-
-DISTILLED_FORMAT = "infoutil-distilled/1"
-COMPLETE = "COMPLETE.json"
-VARYING_FILES = ("run_stats.json",)
 
 
 def class_folder(index: int, name: str) -> str:
@@ -59,61 +61,6 @@ def png_bytes(image: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
-
-
-def staging_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
-def prepare_output(out: Path, *, resume: bool, overwrite: bool, config: dict) -> Path:
-    """Check what is at ``out`` and return the staging directory to write into.
-
-    ``OUT.partial`` left by an interrupted run is continued with ``resume`` (when its
-    ``config.json`` matches) and discarded with ``overwrite``; otherwise the run stops.
-    """
-    stage = staging_dir(out)
-    if out.exists() and not overwrite:
-        what = "a finished output" if (out / COMPLETE).is_file() else "something"
-        raise UserError(
-            f"{out}: already holds {what}; pass --overwrite to replace it, or choose another --out"
-        )
-    if stage.exists():
-        if overwrite:
-            shutil.rmtree(stage)
-        elif not resume:
-            raise UserError(
-                f"{stage}: an interrupted run left this; pass --resume to continue "
-                "it, or --overwrite to start again"
-            )
-        else:
-            saved = stage / "config.json"
-            if saved.is_file() and json.loads(saved.read_text()) != config:
-                raise UserError(
-                    f"{stage}: --resume with different options than the "
-                    "interrupted run; use the same options, or --overwrite"
-                )
-    try:
-        stage.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(
-            f"{out}: cannot create the output here ({err.strerror}); choose a writable --out"
-        ) from err
-    atomic_write_json(stage / "config.json", config)
-    return stage
-
-
-def finish_output(stage: Path, out: Path) -> None:
-    """Write the completion marker, then rename the staging directory into place."""
-    files = sorted(p for p in stage.rglob("*") if p.is_file())
-    sums = {str(p.relative_to(stage)): sha256_file(p) for p in files if p.name not in VARYING_FILES}
-    atomic_write_json(stage / COMPLETE, {"format": DISTILLED_FORMAT, "sha256": sums})
-    old = None
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    stage.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_distilled_files(

@@ -17,16 +17,12 @@ import torch
 from infoutil import distributed
 from infoutil.config import DistillConfig
 from infoutil.data import resolve_cache_dir
-from infoutil.data.sources import dataset_info, load_split_of
+from infoutil.data.sources import dataset_info, load_split_of, resolve_data_root
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import Teacher, check_teacher_fits, load_teacher
-from infoutil.io.distilled import (
-    DISTILLED_FORMAT,
-    finish_output,
-    prepare_output,
-    write_distilled_files,
-)
+from infoutil.io.distilled import DISTILLED_FORMAT, write_distilled_files
 from infoutil.io.lock import output_lock
+from infoutil.io.outputs import COMPLETE, finish_output, prepare_output
 from infoutil.methods import baselines, infoutil, rded
 from infoutil.methods.common import MethodContext, Selection, assemble, soft_labels
 from infoutil.runtime import StageTimer, peak_rss_mib, resolve_device, warn
@@ -86,7 +82,15 @@ def distill(
                 try:
                     stack.enter_context(output_lock(out))
                     config = _run_config(cfg, teacher, label_teacher)
-                    stage = prepare_output(out, resume=resume, overwrite=overwrite, config=config)
+                    inputs = (
+                        teacher,
+                        label_teacher,
+                        resolve_data_root(data_root),
+                        store_root.parent,
+                    )
+                    stage = prepare_output(
+                        out, resume=resume, overwrite=overwrite, config=config, inputs=inputs
+                    )
                 except UserError as err:
                     problem = str(err)
             problem = ctx.broadcast_object(problem)  # every rank stops on rank 0's refusal
@@ -97,8 +101,9 @@ def distill(
             if ctx.is_main:
                 _write(stage, out, cfg, train, judge, labeller, selection, timer, start)
         except BaseException:
-            # Scores are kept in the store; a half-written output is not left behind.
-            if stage is not None and stage.exists():
+            # Scores are kept in the store; a half-written output is not left behind (a
+            # finished one that could not be moved into place is kept, and the error says so)
+            if stage is not None and stage.exists() and not (stage / COMPLETE).is_file():
                 shutil.rmtree(stage, ignore_errors=True)
             raise
     ctx.barrier()
