@@ -120,9 +120,67 @@ def test_imagefolder_reads_zips_into_the_array_cache(tmp_path, woof_sample):
     assert train.get_batch([29]).shape == (1, 3, 64, 64) and int(train.targets[29]) == 9
 
 
+# the official wnid sets, as fast.ai's releases ship them (imagewoof2-320/ and imagenette2-320/
+# train/ folders; github.com/fastai/imagenette), with ImageNet's names for them
+OFFICIAL = {
+    "imagewoof": {
+        "n02086240": "Shih-Tzu", "n02087394": "Rhodesian ridgeback", "n02088364": "beagle",
+        "n02089973": "English foxhound", "n02093754": "Border terrier",
+        "n02096294": "Australian terrier", "n02099601": "golden retriever",
+        "n02105641": "Old English sheepdog", "n02111889": "Samoyed", "n02115641": "dingo",
+    },
+    "imagenette": {
+        "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
+        "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
+        "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
+        "n03888257": "parachute",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_the_subsets_are_the_official_wnids_with_imagenet_names(name):
+    info = dataset_info(name)
+    assert info.class_names == tuple(sorted(OFFICIAL[name]))
+    assert {w: display_name(w) for w in info.class_names} == OFFICIAL[name]
+
+
 def test_breed_names_for_people():
-    assert display_name("n02086240") == "Shih-Tzu" and display_name("n03888605") == "parachute"
+    assert display_name("n02086240") == "Shih-Tzu" and display_name("n03888257") == "parachute"
+    assert display_name("n03888605") == "parallel bars"  # ImageNet's, not parachute
     assert display_name("airplane") == "airplane"
+
+
+def _tiny_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (120, 60, 30)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_imagenette_reads_the_official_folders_and_names_the_misfits(tmp_path):
+    """The official release's wnid folders load; a wrong folder is named, with the missing
+    wnid and its class name (the first three folders are fine and say nothing)."""
+    root = tmp_path / "data"
+    jpeg = _tiny_jpeg()
+    for split in ("train", "val"):
+        for wnid in OFFICIAL["imagenette"]:
+            (root / "imagenette2-320" / split / wnid).mkdir(parents=True)
+            (root / "imagenette2-320" / split / wnid / "a.JPEG").write_bytes(jpeg)
+    train = load_dataset("imagenette", "train", root, cache_dir=tmp_path / "c", image_size=32)
+    assert train.info.class_names == tuple(sorted(OFFICIAL["imagenette"]))
+    for split in ("train", "val"):
+        base = root / "imagenette2-320" / split
+        (base / "n03888257").rename(base / "n03888605")
+    with pytest.raises(UserError) as err:
+        load_dataset("imagenette", "train", root, cache_dir=tmp_path / "c", image_size=32)
+    assert "\n" not in str(err.value)
+    assert "unexpected n03888605" in str(err.value)
+    assert "missing n03888257 (parachute)" in str(err.value)
+    assert "n01440764" not in str(err.value)
 
 
 @pytest.mark.slow

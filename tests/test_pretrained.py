@@ -191,6 +191,21 @@ def test_an_imagenet_teacher_serves_imagewoof_through_its_wnids(imagenet_teacher
     assert record["class_names"] == wnids and t.info.class_names == tuple(wnids)
 
 
+# ImageNette's classes among ImageNet-1K's indices; parachute is 701 (n03888257), not 702
+IMAGENETTE_IN_IMAGENET = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]
+
+
+def test_an_imagenet_teacher_on_imagenette_keeps_parachutes_logit(imagenet_teacher):
+    out, full = imagenet_teacher
+    nette = dataset_info("imagenette", image_size=224)
+    assert nette.class_names[-1] == "n03888257"
+    t = load_teacher(out, expect=nette)
+    assert t.describe()["class_restriction"]["indices"] == IMAGENETTE_IN_IMAGENET
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(t.model(x)[:, -1], full(x)[:, 701], rtol=1e-5, atol=1e-4)
+
+
 def test_a_subset_without_wnid_folders_is_refused_with_the_fix(imagenet_teacher):
     out, _ = imagenet_teacher
     rded_style = DatasetInfo(

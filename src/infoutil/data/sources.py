@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from infoutil.data import tiny_imagenet
 from infoutil.data.base import (
     IMAGE_SUFFIXES,
     DatasetInfo,
@@ -36,6 +37,7 @@ from infoutil.data.base import (
     decode_image,
     split_train_val,
 )
+from infoutil.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, names_of, wnid_names
 from infoutil.errors import UserError
 from infoutil.io.atomic import atomic_writer
 
@@ -46,7 +48,6 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -357,6 +358,7 @@ DOWNLOAD_DIGEST = {
     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
     "imagenette2-320.tgz": "3df6f0d01a2c9592104656642f5e78a3",
     "imagewoof2-320.tgz": "4e4905ed7643120daaf9bf3b2ef7f3a7e8396d9bdaf254a38c6f01f618b4973d",
+    tiny_imagenet.ARCHIVE: tiny_imagenet.MD5,
 }
 FASTAI_URL = "https://s3.amazonaws.com/fast-ai-imageclas/{name}2-320.tgz"
 
@@ -507,30 +509,17 @@ def load_cifar100(root: Path | None, split: str, download: bool, cache_dir: Path
 
 # fast.ai's ImageNet subsets (github.com/fastai/imagenette): class order is the sorted wnids,
 # the names are ImageNet's, for reports
-IMAGEWOOF_CLASSES = {
-    "n02086240": "Shih-Tzu",
-    "n02087394": "Rhodesian ridgeback",
-    "n02088364": "beagle",
-    "n02089973": "English foxhound",
-    "n02093754": "Border terrier",
-    "n02096294": "Australian terrier",
-    "n02099601": "golden retriever",
-    "n02105641": "Old English sheepdog",
-    "n02111889": "Samoyed",
-    "n02115641": "dingo",
-}
-IMAGENETTE_CLASSES = {
-    "n01440764": "tench",
-    "n02102040": "English springer",
-    "n02979186": "cassette player",
-    "n03000684": "chain saw",
-    "n03028079": "church",
-    "n03394916": "French horn",
-    "n03417042": "garbage truck",
-    "n03425413": "gas pump",
-    "n03445777": "golf ball",
-    "n03888605": "parachute",
-}
+# the official wnid sets of fast.ai's releases; their names come from ImageNet's class list
+IMAGEWOOF_WNIDS = (
+    "n02086240", "n02087394", "n02088364", "n02089973", "n02093754",
+    "n02096294", "n02099601", "n02105641", "n02111889", "n02115641",
+)  # fmt: skip
+IMAGENETTE_WNIDS = (
+    "n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
+    "n03394916", "n03417042", "n03425413", "n03445777", "n03888257",
+)  # fmt: skip
+IMAGEWOOF_CLASSES = names_of(IMAGEWOOF_WNIDS)
+IMAGENETTE_CLASSES = names_of(IMAGENETTE_WNIDS)
 # the paper's and RDED's size for ConvNet-5 on these subsets (anchors.md §1.4)
 FASTAI_SUBSET_SIZE = 128
 FASTAI_SUBSETS = {"imagewoof": IMAGEWOOF_CLASSES, "imagenette": IMAGENETTE_CLASSES}
@@ -538,11 +527,7 @@ FASTAI_SUBSETS = {"imagewoof": IMAGEWOOF_CLASSES, "imagenette": IMAGENETTE_CLASS
 
 def display_name(class_name: str) -> str:
     """A class as a person reads it: ImageNet's name for a known wnid, else the name itself."""
-    if class_name in IMAGEWOOF_CLASSES:
-        return IMAGEWOOF_CLASSES[class_name]
-    if class_name in IMAGENETTE_CLASSES:
-        return IMAGENETTE_CLASSES[class_name]
-    return class_name
+    return wnid_names().get(class_name, class_name)
 
 
 def _fastai_subset_base(root: Path, name: str) -> Path | None:
@@ -584,12 +569,40 @@ def load_fastai_subset(
     ds = _load_imagefolder_cached(
         name, base, split, 3, size, IMAGENET_MEAN, IMAGENET_STD, cache_dir
     )
-    if ds.info.class_names != tuple(sorted(wnids)):
-        raise UserError(
-            f"{base}: class folders {list(ds.info.class_names)[:3]}... are not {name}'s "
-            f"10 wnids ({', '.join(sorted(wnids))})"
-        )
+    _check_wnids(ds.info.class_names, tuple(sorted(wnids)), name, base)
     return ds
+
+
+def _check_wnids(found: tuple[str, ...], wanted: tuple[str, ...], name: str, base: Path) -> None:
+    """Refuse class folders that are not the release's wnids, naming what does not fit."""
+    if found == wanted:
+        return
+    extra = [c for c in found if c not in wanted]
+    missing = [w for w in wanted if w not in found]
+    raise UserError(
+        f"{base}: the class folders are not {name}'s {len(wanted)} wnids: "
+        f"unexpected {', '.join(extra) or '-'}; missing "
+        f"{', '.join(f'{w} ({display_name(w)})' for w in missing) or '-'}"
+    )
+
+
+def load_tiny_imagenet(
+    root: Path | None, split: str, cache_dir: Path, image_size: int | None, download: bool
+) -> ImageDataset:
+    root = _need_root(root, tiny_imagenet.NAME)
+    release = tiny_imagenet.find_release(root)
+    if release is None and download:
+        _download_all([tiny_imagenet.URL], root, cache_dir)
+        release = tiny_imagenet.find_release(root)
+    if release is None:
+        raise UserError(
+            f"tiny-imagenet not found under {root}: expected the official "
+            f"{tiny_imagenet.FOLDER}/ folder or {tiny_imagenet.ARCHIVE} (or pass --download)"
+        )
+    return tiny_imagenet.load(
+        release, split, image_size, cache_dir, _cached_arrays, _decode_all, _cache_key,
+        _source_stamp,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -733,7 +746,15 @@ def load_imagefolder(
 
 # ---------------------------------------------------------------- registry
 
-DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagewoof", "imagenette", "imagefolder:PATH")
+DATASETS = (
+    "cifar10",
+    "cifar100",
+    "fashion-mnist",
+    "imagewoof",
+    "imagenette",
+    "tiny-imagenet",
+    "imagefolder:PATH",
+)
 
 
 def load_dataset(
@@ -793,6 +814,11 @@ def dataset_info(
         return DatasetInfo(name, classes, size, 3, IMAGENET_MEAN, IMAGENET_STD)
     if name.startswith("imagefolder:"):  # a directory scan and one image header
         return imagefolder_info(Path(name.split(":", 1)[1]).expanduser(), image_size)
+    if name == tiny_imagenet.NAME:  # wnids.txt only
+        release = tiny_imagenet.find_release(_need_root(resolve_data_root(data_root), name))
+        if release is None:
+            return None  # loading says where it looked, or downloads it
+        return tiny_imagenet.info(tiny_imagenet.wnids_and_names(release)[0], image_size)
     if name not in ("cifar100",):
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return None
@@ -806,11 +832,13 @@ def _load_split(name, split, data_root, download, cache_dir, image_size) -> Imag
     if image_size is not None and native is not None and image_size != native:
         raise UserError(
             f"{name} images are {native} px; --image-size {image_size} applies only to "
-            "imagewoof, imagenette and imagefolder:PATH datasets (leave it out)"
+            "imagewoof, imagenette, tiny-imagenet and imagefolder:PATH datasets (leave it out)"
         )
     root = resolve_data_root(data_root)
     if name in FASTAI_SUBSETS:
         return load_fastai_subset(name, root, split, cache, image_size, download)
+    if name == tiny_imagenet.NAME:
+        return load_tiny_imagenet(root, split, cache, image_size, download)
     loaders = {
         "cifar10": load_cifar10,
         "cifar100": load_cifar100,

@@ -23,18 +23,11 @@ from pathlib import Path
 import torch
 
 from infoutil.data.base import DatasetInfo
+from infoutil.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, imagenet1k_classes
 from infoutil.errors import UserError
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 WNID = re.compile(r"^n\d{8}$")
 LAYOUTS = ("auto", "infoutil", "torchvision", "timm", "rded")
-
-
-def imagenet1k_classes() -> list[tuple[str, str]]:
-    """ImageNet-1K's (wnid, name) pairs in torchvision's index order."""
-    rows = (ASSETS / "imagenet1k_classes.tsv").read_text().splitlines()
-    return [tuple(r.split("\t", 1)) for r in rows]  # type: ignore[misc]
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
