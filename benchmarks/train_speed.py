@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from infoutil.data.base import DatasetInfo
 from infoutil.io.atomic import atomic_write_json
 from infoutil.models import create_model
-from infoutil.runtime import compiled_or_refused
+from infoutil.runtime import compiled_or_refused, precision_autocast
 
 
 def _timed(step, steps: int, batch: int) -> dict:
@@ -39,6 +39,14 @@ def _timed(step, steps: int, batch: int) -> dict:
     return {"images_per_s": round(batch / best, 2), "first_step_s": round(first, 1)}
 
 
+def _names(settings):
+    for compiled, precision in settings:
+        yield (
+            compiled,
+            ("compiled" if compiled else "eager") + ("" if precision == "fp32" else "_bf16"),
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="convnet5")
@@ -47,6 +55,7 @@ def main() -> None:
     ap.add_argument("--student-batch", type=int, default=50)  # RDED's at IPC 10
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precisions", default="fp32", help="comma list: fp32, bf16 (autocast)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -56,8 +65,10 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     out = {"arch": args.arch, "size": args.size, "threads": args.threads,
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
-    for compiled in (False, True):
-        name = "compiled" if compiled else "eager"
+    settings = [(c, p) for p in args.precisions.split(",") for c in (False, True)]
+    for compiled, precision in settings:
+        name = ("compiled" if compiled else "eager") + ("" if precision == "fp32" else "_bf16")
+        cast = precision_autocast(precision, "cpu")
         torch.manual_seed(0)
         teacher = create_model(args.arch, info)
         opt = torch.optim.SGD(teacher.parameters(), lr=0.01, momentum=0.9)
@@ -65,8 +76,9 @@ def main() -> None:
         x = torch.rand(args.teacher_batch, 3, args.size, args.size, generator=g)
         y = torch.randint(0, 10, (args.teacher_batch,), generator=g)
 
-        def teacher_step(model=model, opt=opt, x=x, y=y):
-            loss = F.cross_entropy(model(x), y)
+        def teacher_step(model=model, opt=opt, x=x, y=y, cast=cast):
+            with cast:
+                loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -81,10 +93,12 @@ def main() -> None:
         l_model = compiled_or_refused(labeller, "the teacher") if compiled else labeller
         xs = torch.rand(args.student_batch, 3, args.size, args.size, generator=g)
 
-        def student_step(s_model=s_model, l_model=l_model, sopt=sopt, xs=xs):
-            with torch.no_grad():
-                target = torch.softmax(l_model(xs) / 20, 1)
-            loss = F.kl_div(F.log_softmax(s_model(xs) / 20, 1), target, reduction="batchmean")
+        def student_step(s_model=s_model, l_model=l_model, sopt=sopt, xs=xs, cast=cast):
+            with torch.no_grad(), cast:
+                target = torch.softmax(l_model(xs).float() / 20, 1)
+            with cast:
+                logits = s_model(xs).float()
+            loss = F.kl_div(F.log_softmax(logits / 20, 1), target, reduction="batchmean")
             sopt.zero_grad(set_to_none=True)
             loss.backward()
             sopt.step()
@@ -92,10 +106,10 @@ def main() -> None:
         for key, value in _timed(student_step, args.steps, args.student_batch).items():
             out[f"student_{name}_{key}"] = value
         print(json.dumps(out), flush=True)
-    for role in ("teacher", "student"):
-        out[f"{role}_speedup"] = round(
-            out[f"{role}_compiled_images_per_s"] / out[f"{role}_eager_images_per_s"], 2
-        )
+    for role in ("teacher", "student"):  # each setting against eager fp32, same process
+        base = out[f"{role}_eager_images_per_s"]
+        for _, name in {(c, n) for c, n in _names(settings)} - {(False, "eager")}:
+            out[f"{role}_{name}_speedup"] = round(out[f"{role}_{name}_images_per_s"] / base, 2)
     print(json.dumps(out, indent=1))
     atomic_write_json(Path(args.out), out)
 
