@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from infoutil.atomic import atomic_write_json
 from infoutil.attribution.amortized import (
     explained_maps,
     fit_explainer,
@@ -61,7 +62,6 @@ from infoutil.attribution.patch import (
 from infoutil.data import load_dataset, per_class_sample
 from infoutil.data.augment import to_float
 from infoutil.errors import UserError
-from infoutil.io.atomic import atomic_write_json
 from infoutil.io.checkpoint import load_teacher
 from infoutil.runtime import resolve_device
 from infoutil.selection.crops import informative_crops, noise_sigma, pool_map, settled_crops

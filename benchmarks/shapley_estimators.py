@@ -28,11 +28,11 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from infoutil.atomic import atomic_save_tensors, atomic_write_json
 from infoutil.attribution.patch import baseline_images, patch_shapley
 from infoutil.config import InformativenessConfig
 from infoutil.data import load_dataset, per_class_sample
 from infoutil.data.augment import to_float
-from infoutil.io.atomic import atomic_save_tensors, atomic_write_json
 from infoutil.io.checkpoint import load_teacher
 from infoutil.selection.crops import pool_map
 from infoutil.selection.utility import grad_norms, grad_norms_loop

@@ -30,11 +30,11 @@ from shapley_estimators import (  # the sibling script; its folder is on sys.pat
 )
 from tqdm import tqdm
 
+from infoutil.atomic import atomic_save_tensors, atomic_write_json
 from infoutil.attribution.patch import patch_values
 from infoutil.attribution.shapley import exact_design, make_design, odd_gp_design
 from infoutil.data import load_dataset, per_class_sample
 from infoutil.data.augment import to_float
-from infoutil.io.atomic import atomic_save_tensors, atomic_write_json
 from infoutil.io.checkpoint import load_teacher
 
 N = 16  # a 4x4 grid

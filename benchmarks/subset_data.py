@@ -17,7 +17,7 @@ import argparse
 import zipfile
 from pathlib import Path
 
-from infoutil.data.sources import scan_zip
+from infoutil.data.folders import scan_zip
 from infoutil.errors import UserError
 
 

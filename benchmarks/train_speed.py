@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from infoutil.atomic import atomic_write_json
 from infoutil.data.base import DatasetInfo
-from infoutil.io.atomic import atomic_write_json
 from infoutil.models import create_model
 from infoutil.runtime import compiled_or_refused, precision_autocast
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from infoutil.data.sources import DEBIAN_FASHION_MNIST
+from infoutil.data.fashion_mnist import DEBIAN_FASHION_MNIST
 
 
 @pytest.fixture(scope="session")

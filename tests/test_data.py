@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from infoutil.data import load_dataset, per_class_sample, resolve_cache_dir
-from infoutil.data.sources import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
+from infoutil.data.cifar import CIFAR10_CLASSES
+from infoutil.data.fashion_mnist import FASHION_MNIST_CLASSES
 from infoutil.errors import UserError
 from tests.helpers import assert_one_line_error, run_cli
 
@@ -33,8 +35,8 @@ def test_cifar10_from_zip_archives_in_standard_order(data_root):
     assert test.get_batch([0]).dtype == torch.uint8
     assert test.source_id(0).startswith("test/airplane/")
     # the decoded archive was cached atomically: a second load reads the cache
-    cached = list(resolve_cache_dir().glob("*.npz"))
-    assert cached and not list(resolve_cache_dir().glob(".*tmp*"))
+    cached = [p for p in resolve_cache_dir().iterdir() if (p / "images.npy").is_file()]
+    assert cached and not list(resolve_cache_dir().glob("*.partial"))
     again = load_dataset("cifar10", "test", data_root)
     assert torch.equal(again.get_batch([5, 7]), test.get_batch([5, 7]))
 
@@ -171,11 +173,11 @@ def test_truncated_zip_member_fails_the_decode_and_leaves_no_cache(tmp_path, cif
         for name, data in cifar_sample["test"]:
             zf.writestr(name, data)
     cache = tmp_path / "cache"
-    from infoutil.data.sources import _load_imagefolder_cached
+    from infoutil.data.folders import load_folder_cached
 
     with pytest.raises(UserError, match=cifar_sample["train"][2][0].split("/")[-1]):
-        _load_imagefolder_cached("x", tmp_path / "c", "train", 3, 32, (0.5,) * 3, (0.2,) * 3, cache)
-    assert not list(cache.glob("*.npz"))  # no cache that looks complete
+        load_folder_cached("x", tmp_path / "c", "train", 3, 32, (0.5,) * 3, (0.2,) * 3, cache)
+    assert [p.suffix for p in cache.iterdir()] == [".partial"]  # none that looks complete
 
 
 def test_unknown_names_and_missing_paths(tmp_path):
@@ -220,17 +222,50 @@ def test_per_class_sample_is_seeded_and_balanced():
     assert torch.bincount(targets[a]).tolist() == [5] * 4
 
 
-def test_zip_cache_is_keyed_by_source(tmp_path):
-    """Damaged cache files are rebuilt rather than trusted."""
-    from infoutil.data.sources import _cached_arrays
+def _items_and_opener(cifar_sample):
+    files = dict(cifar_sample["train"])
+    items = [(name, i % 10) for i, name in enumerate(sorted(files))]
+    return items, lambda name: io.BytesIO(files[name])
 
+
+def test_a_damaged_cache_is_rebuilt_not_trusted(tmp_path, cifar_sample):
+    from infoutil.data.cache import decoded_split
+
+    items, opener = _items_and_opener(cifar_sample)
+    first = decoded_split(tmp_path, "k", items, opener, 3, 32, "sample")
+    images = np.array(first["images"])
+    (tmp_path / "k" / "images.npy").write_bytes(b"garbage")
+    second = decoded_split(tmp_path, "k", items, opener, 3, 32, "sample")
+    assert np.array_equal(np.array(second["images"]), images)
+    assert isinstance(second["images"], np.memmap)  # mapped, not loaded
+
+
+def test_a_killed_decode_resumes_to_the_same_bytes(tmp_path, cifar_sample, monkeypatch):
+    """Stopped after its first chunk, the decode goes on from the second, and the cache it
+    finishes is byte for byte the one an uninterrupted decode writes."""
+    from infoutil.data import cache as data_cache
+
+    monkeypatch.setattr(data_cache, "CHUNK", 4)
+    items, opener = _items_and_opener(cifar_sample)
+    whole = data_cache.decoded_split(tmp_path / "a", "k", items, opener, 3, 32, "sample")
     calls = []
 
-    def build():
-        calls.append(1)
-        return {"a": np.arange(3)}
+    def failing(name):
+        calls.append(name)
+        if len(calls) > 6:  # mid second chunk: the first is saved, the second is not
+            raise KeyboardInterrupt
+        return opener(name)
 
-    first = _cached_arrays(tmp_path, "k", build)
-    (tmp_path / "k.npz").write_bytes(b"garbage")
-    second = _cached_arrays(tmp_path, "k", build)
-    assert len(calls) == 2 and np.array_equal(first["a"], second["a"])
+    with pytest.raises(KeyboardInterrupt):
+        data_cache.decoded_split(tmp_path / "b", "k", items, failing, 3, 32, "sample")
+    assert (tmp_path / "b" / "k.partial" / "progress.json").is_file()
+    resumed = []
+    again = data_cache.decoded_split(
+        tmp_path / "b", "k", items, lambda n: resumed.append(n) or opener(n), 3, 32, "sample"
+    )
+    assert resumed == [n for n, _ in items[4:]]  # the first chunk was not decoded again
+    for name in ("images.npy", "labels.npy", "ids.npy"):
+        assert (tmp_path / "a" / "k" / name).read_bytes() == (
+            tmp_path / "b" / "k" / name
+        ).read_bytes()
+    assert np.array_equal(np.array(whole["images"]), np.array(again["images"]))

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from infoutil.data import TensorImageDataset, load_dataset
-from infoutil.data import sources as data_sources
-from infoutil.data.sources import IMAGEWOOF_CLASSES, dataset_info, display_name
+from infoutil.data import download as data_sources
+from infoutil.data.fastai import IMAGEWOOF_CLASSES
+from infoutil.data.imagenet import display_name
+from infoutil.data.sources import dataset_info
 from infoutil.errors import UserError
 from tests.helpers import assert_one_line_error, run_cli
 
@@ -65,10 +67,11 @@ def test_imagewoof_from_the_official_release_folder(tmp_path, woof_sample):
     _official_tree(tmp_path / "root", woof_sample)
     _check_loaded(tmp_path / "root", tmp_path / "cache")
     # the second load reads the array cache, decoding nothing
-    npz = sorted((tmp_path / "cache").glob("*.npz"))
-    assert len(npz) == 2
+    cached = sorted((tmp_path / "cache").iterdir())
+    assert len(cached) == 2 and all((p / "images.npy").is_file() for p in cached)
+    stamps = [(p / "images.npy").stat().st_mtime_ns for p in cached]
     _check_loaded(tmp_path / "root", tmp_path / "cache")
-    assert sorted((tmp_path / "cache").glob("*.npz")) == npz
+    assert [(p / "images.npy").stat().st_mtime_ns for p in cached] == stamps
 
 
 def test_imagewoof_from_the_official_tgz_is_extracted_once(tmp_path, woof_sample):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from infoutil.data import download as data_sources
 from infoutil.data import load_dataset
-from infoutil.data import sources as data_sources
 from infoutil.errors import UserError
 from tests.helpers import assert_one_line_error, run_cli
 

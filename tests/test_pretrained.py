@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from infoutil.data.base import DatasetInfo
-from infoutil.data.sources import dataset_info, scan_zip
+from infoutil.data.folders import scan_zip
+from infoutil.data.sources import dataset_info
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import load_teacher, save_teacher_epoch
 from infoutil.models.pretrained import imagenet1k_classes, import_weights

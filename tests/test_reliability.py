@@ -224,7 +224,7 @@ def test_small_classes_fall_back_with_a_warning(tmp_path, data_root):
 
 
 def test_a_teacher_that_outputs_nan_is_refused(tmp_path, data_root):
-    from infoutil.data.sources import FASHION_MNIST_CLASSES
+    from infoutil.data.fashion_mnist import FASHION_MNIST_CLASSES
 
     info = DatasetInfo("fashion-mnist", FASHION_MNIST_CLASSES, 28, 1, (0.286,), (0.353,))
     model = create_model("convnet3", info)

@@ -26,8 +26,17 @@ def test_two_epochs_on_a_real_subset_beat_chance(fmnist_teacher):
 
 def test_checkpoint_must_fit_the_dataset(fmnist_teacher, data_root):
     cifar = load_dataset("cifar10", "test", data_root).info
-    with pytest.raises(UserError, match="expects 1x28x28 inputs"):
+    with pytest.raises(UserError, match="reads 1-channel images but dataset cifar10 has 3"):
         load_teacher(fmnist_teacher, expect=cifar)
+
+
+def test_teacher_eval_refuses_a_misfit_before_decoding_anything(fmnist_teacher, tmp_path):
+    """The Fashion-MNIST teacher on ImageWoof: refused in one line, nothing decoded or cached."""
+    cache = tmp_path / "cache"
+    proc = run_cli("teacher", "eval", str(fmnist_teacher), "--dataset", "imagewoof",
+                   env={"INFOUTIL_CACHE": str(cache)})  # fmt: skip
+    assert_one_line_error(proc, "reads 1-channel images but dataset imagewoof has 3 channels")
+    assert not cache.exists() or not any(cache.iterdir())
     fewer = DatasetInfo("x", ("a", "b"), 28, 1, (0.5,), (0.5,))
     with pytest.raises(UserError, match="has 10 classes"):
         load_teacher(fmnist_teacher, expect=fewer)

@@ -82,7 +82,7 @@ def data_info(
 ) -> None:
     """Load both splits of a dataset and print what infoutil sees: sizes, classes, order."""
     from infoutil.data import load_dataset
-    from infoutil.data.sources import display_name
+    from infoutil.data.imagenet import display_name
 
     for split in ("train", "test"):
         ds = load_dataset(
@@ -113,7 +113,7 @@ def data_prepare(
     ),
 ) -> None:
     """Sort a flat val/ folder (ImageNet's validation layout) into val/<class>/ folders."""
-    from infoutil.data.sources import sort_flat_split
+    from infoutil.data.folders import sort_flat_split
 
     moved = sort_flat_split(path / "val", val_labels, classes_from=path / "train")
     typer.echo(f"{path}/val: {moved} images sorted into class folders; use imagefolder:{path}")
@@ -222,7 +222,7 @@ def teacher_eval(
 ) -> None:
     """Measure a teacher's top-1 accuracy on the real test set."""
     from infoutil.data import load_dataset
-    from infoutil.data.sources import FASTAI_SUBSETS
+    from infoutil.data.sources import RESIZABLE, dataset_info
     from infoutil.evaluation.metrics import accuracy
     from infoutil.io.checkpoint import load_teacher
 
@@ -230,8 +230,11 @@ def teacher_eval(
     t = load_teacher(teacher)
     name = dataset or t.info.name
     # a folder of images (or an ImageNet subset) is resized to the size the teacher expects
-    resizable = name.startswith("imagefolder:") or name in FASTAI_SUBSETS
+    resizable = name.startswith("imagefolder:") or name in RESIZABLE
     size = t.info.image_size if resizable else None
+    expected = dataset_info(name, data_root, size)
+    if expected is not None:  # a teacher that cannot fit is refused before any image is decoded
+        load_teacher(teacher, expect=expected)
     test = load_dataset(name, "test", data_root, cache_dir=cache_dir, image_size=size)
     t = load_teacher(teacher, expect=test.info)
     acc = accuracy(t.model, test)

@@ -10,7 +10,9 @@ from infoutil.data.base import (
     split_train_val,
     subset,
 )
-from infoutil.data.sources import DATASETS, load_dataset, resolve_cache_dir, resolve_data_root
+from infoutil.data.cache import resolve_cache_dir
+from infoutil.data.roots import resolve_data_root
+from infoutil.data.sources import DATASETS, load_dataset
 
 __all__ = [
     "DATASETS",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -276,3 +276,20 @@ def per_class_sample(
         perm = torch.randperm(len(idx), generator=g)[:per_class]
         chosen.append(idx[perm].sort().values)
     return torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.int64)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named dataset: how to load a split and what it is without decoding anything.
+
+    ``load(root, split, cache_dir, image_size, download)`` returns the split ("train" or
+    "test"); ``info(root, image_size)`` the DatasetInfo from names and headers alone (None
+    where only loading can tell). ``native_size``: the one size its images come in
+    (``--image-size`` is refused), or None where any size is made by resizing.
+    """
+
+    name: str
+    load: Callable[..., ImageDataset]
+    info: Callable[..., DatasetInfo | None]
+    native_size: int | None
+    reads: str  # what it reads, in a few words, for --help and errors

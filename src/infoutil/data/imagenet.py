@@ -31,3 +31,8 @@ def names_of(wnids: tuple[str, ...]) -> dict[str, str]:
     """ImageNet's names of ``wnids``, in the order given."""
     table = wnid_names()
     return {w: table[w] for w in wnids}
+
+
+def display_name(class_name: str) -> str:
+    """A class as a person reads it: ImageNet's name for a known wnid, else the name itself."""
+    return wnid_names().get(class_name, class_name)

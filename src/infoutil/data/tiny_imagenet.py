@@ -15,15 +15,18 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from infoutil.data.base import DatasetInfo, TensorImageDataset
+from infoutil.data.base import DatasetInfo, Source, TensorImageDataset
+from infoutil.data.cache import as_tensors, cache_key, decoded_split, source_stamp
+from infoutil.data.download import DOWNLOAD_DIGEST, download_all
 from infoutil.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from infoutil.data.roots import need_root
 from infoutil.errors import UserError
 
 NAME = "tiny-imagenet"
 FOLDER = "tiny-imagenet-200"
 ARCHIVE = "tiny-imagenet-200.zip"
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-MD5 = "90528d7ca1a48142e341f4ef8d21d0de"  # the published digest of the official archive
+MD5 = DOWNLOAD_DIGEST[ARCHIVE]  # the published digest of the official archive
 SIZE = 64
 SPLIT_COUNTS = {"train": 500, "test": 50}  # images a class in the official release
 
@@ -116,33 +119,58 @@ def info(wnids: tuple[str, ...], image_size: int | None = None) -> DatasetInfo:
     return DatasetInfo(NAME, wnids, image_size or SIZE, 3, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def load(release: Release, split: str, image_size: int | None, cache_dir: Path, cached_arrays,
-         decode_all, cache_key, source_stamp) -> TensorImageDataset:  # fmt: skip
-    """A split decoded once into the array cache (the helpers come from ``data.sources``)."""
-    import torch
-
+def load(
+    release: Release, split: str, image_size: int | None, cache_dir: Path
+) -> TensorImageDataset:
+    """A split decoded once into the array cache."""
     wnids, _ = wnids_and_names(release)
     items = split_items(release, split, wnids)
     size = image_size or SIZE
     key = cache_key(NAME, source_stamp(release.path), split, size)
+    if release.is_zip:
+        with zipfile.ZipFile(release.path) as zf:
+            arrays = decoded_split(
+                cache_dir, key, items, lambda m: io.BytesIO(zf.read(f"{FOLDER}/{m}")), 3, size,
+                str(release.path),
+            )  # fmt: skip
+    else:
+        arrays = decoded_split(
+            cache_dir, key, items, lambda m: release.path / m, 3, size, str(release.path)
+        )
+    return TensorImageDataset(info(wnids, size), split, *as_tensors(arrays))
 
-    def build():
-        if release.is_zip:
-            with zipfile.ZipFile(release.path) as zf:
-                return decode_all(
-                    items,
-                    lambda m: io.BytesIO(zf.read(f"{FOLDER}/{m}")),
-                    3,
-                    size,
-                    str(release.path),
-                )
-        return decode_all(items, lambda m: release.path / m, 3, size, str(release.path))
 
-    arrays = cached_arrays(cache_dir, key, build)
-    return TensorImageDataset(
-        info(wnids, size),
-        split,
-        torch.from_numpy(arrays["images"]),
-        torch.from_numpy(arrays["labels"]),
-        [str(i) for i in arrays["ids"]],
-    )
+def load_tiny_imagenet(
+    root: Path | None, split: str, cache_dir: Path, image_size: int | None, download: bool
+) -> TensorImageDataset:
+    root = need_root(root, NAME)
+    release = find_release(root)
+    if release is None and download:
+        download_all([URL], root, cache_dir)
+        release = find_release(root)
+    if release is None:
+        raise UserError(
+            f"tiny-imagenet not found under {root}: expected the official {FOLDER}/ folder or "
+            f"{ARCHIVE} (or pass --download)"
+        )
+    return load(release, split, image_size, cache_dir)
+
+
+def tiny_info(root: Path | None, image_size: int | None) -> DatasetInfo | None:
+    """From ``wnids.txt`` alone; None where the release is not there yet (loading says where
+    it looked, or downloads it)."""
+    release = find_release(need_root(root, NAME))
+    return None if release is None else info(wnids_and_names(release)[0], image_size)
+
+
+SOURCES = (
+    Source(
+        NAME,
+        lambda root, split, cache, size, download: load_tiny_imagenet(
+            root, split, cache, size, download
+        ),
+        tiny_info,
+        None,
+        f"{FOLDER}/ or {ARCHIVE}",
+    ),
+)

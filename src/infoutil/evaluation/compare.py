@@ -7,8 +7,8 @@ import io
 import json
 from pathlib import Path
 
+from infoutil.atomic import atomic_write_bytes
 from infoutil.errors import UserError
-from infoutil.io.atomic import atomic_write_bytes
 from infoutil.report.plots import plot_accuracy_vs_ipc
 
 COLUMNS = [

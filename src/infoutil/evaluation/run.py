@@ -29,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from infoutil import distributed
+from infoutil.atomic import atomic_save_tensors, atomic_write_json
 from infoutil.config import ProtocolConfig
 from infoutil.data import (
     ImageDataset,
@@ -42,7 +43,6 @@ from infoutil.data import (
 from infoutil.errors import UserError
 from infoutil.evaluation.compare import format_accuracy
 from infoutil.evaluation.student import StudentRun, rded_batch_size, train_student
-from infoutil.io.atomic import atomic_save_tensors, atomic_write_json
 from infoutil.io.checkpoint import check_teacher_fits, load_teacher
 from infoutil.io.distilled import load_distilled
 from infoutil.io.lock import output_lock

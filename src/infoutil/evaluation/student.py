@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from infoutil.atomic import atomic_save_tensors
 from infoutil.config import ProtocolConfig
 from infoutil.data.augment import (
     cutmix,
@@ -31,7 +32,6 @@ from infoutil.data.augment import (
 from infoutil.data.base import ImageDataset, per_class_sample, subset
 from infoutil.distributed import Context
 from infoutil.errors import UserError
-from infoutil.io.atomic import atomic_save_tensors
 from infoutil.io.distilled import DistilledSet
 from infoutil.models import create_model
 from infoutil.runtime import compiled_or_refused, fault_point, generator, progress

@@ -1,9 +1,9 @@
-"""Files on disk: atomic writes (``io.atomic``), locks (``io.lock``), teacher checkpoints
-(``io.checkpoint``) and distilled sets (``io.distilled``).
+"""Files on disk: locks (``io.lock``), an output's life (``io.outputs``), teacher checkpoints
+(``io.checkpoint``) and distilled sets (``io.distilled``). Atomic writes sit below every
+stage, in ``infoutil.atomic``.
 
 ``infoutil.io.load_distilled`` and ``infoutil.io.load_teacher`` are resolved when first used,
-not at import: the first stage (data) imports ``io.atomic``, and the checkpoint module needs the
-model registry, which needs data, so importing it here made a cycle.
+not at import: the checkpoint module needs the model registry, which needs data.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from infoutil.atomic import atomic_save_tensors, atomic_write_json, tensors_sha256
 from infoutil.data.base import DatasetInfo
 from infoutil.errors import UserError
-from infoutil.io.atomic import atomic_save_tensors, atomic_write_json, tensors_sha256
 from infoutil.models import Classifier, create_model
 from infoutil.models.pretrained import class_restriction, restrict_classes
 from infoutil.runtime import fault_point
@@ -163,7 +163,12 @@ def check_teacher_fits(have: DatasetInfo, want: DatasetInfo, where: str) -> None
             f"{where}: teacher has {have.num_classes} classes but dataset "
             f"{want.name} has {want.num_classes}; use a teacher trained on it"
         )
-    if have.channels != want.channels or have.image_size != want.image_size:
+    if have.channels != want.channels:
+        raise UserError(
+            f"{where}: the teacher reads {have.channels}-channel images but dataset "
+            f"{want.name} has {want.channels} channels; use a teacher trained on it"
+        )
+    if have.image_size != want.image_size:
         raise UserError(
             f"{where}: teacher expects {have.channels}x{have.image_size}x{have.image_size} "
             f"inputs but dataset {want.name} gives {want.channels}x{want.image_size}x"

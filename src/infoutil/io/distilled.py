@@ -32,14 +32,14 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from infoutil.data.base import DatasetInfo
-from infoutil.errors import UserError
-from infoutil.io.atomic import (
+from infoutil.atomic import (
     atomic_save_tensors,
     atomic_write_bytes,
     atomic_write_json,
     sha256_file,
 )
+from infoutil.data.base import DatasetInfo
+from infoutil.errors import UserError
 from infoutil.io.outputs import (  # noqa: F401  (re-exported: readers of a set need them)
     COMPLETE,
     DISTILLED_FORMAT,

@@ -16,8 +16,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from infoutil.atomic import atomic_write_json, sha256_file
 from infoutil.errors import UserError
-from infoutil.io.atomic import atomic_write_json, sha256_file
 
 COMPLETE = "COMPLETE.json"
 DISTILLED_FORMAT = "infoutil-distilled/1"

@@ -17,7 +17,8 @@ import torch
 from infoutil import distributed
 from infoutil.config import DistillConfig
 from infoutil.data import resolve_cache_dir
-from infoutil.data.sources import dataset_info, load_split_of, resolve_data_root
+from infoutil.data.roots import resolve_data_root
+from infoutil.data.sources import dataset_info, load_split_of
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import Teacher, check_teacher_fits, load_teacher
 from infoutil.io.distilled import DISTILLED_FORMAT, write_distilled_files

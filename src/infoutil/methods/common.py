@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from infoutil.atomic import atomic_save_tensors
 from infoutil.attribution.patch import patch_bounds
 from infoutil.config import DistillConfig
 from infoutil.data.augment import to_float
 from infoutil.data.base import ImageDataset, index_sha256, per_class_sample
 from infoutil.distributed import Context
 from infoutil.errors import UserError
-from infoutil.io.atomic import atomic_save_tensors
 from infoutil.io.checkpoint import Teacher
 from infoutil.runtime import StageTimer, fault_point, progress, warn
 from infoutil.selection.diagnostics import ScoredPatches
@@ -177,7 +177,7 @@ class ScoreStore:
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         """``name`` in the store, atomically, beside the key it was computed under."""
         if not (self.dir / "key.json").is_file():
-            from infoutil.io.atomic import atomic_write_bytes
+            from infoutil.atomic import atomic_write_bytes
 
             atomic_write_bytes(self.dir / "key.json", self.key.encode())
         atomic_save_tensors(self.dir / name, tensors)

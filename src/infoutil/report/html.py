@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from infoutil.data.sources import display_name
+from infoutil.atomic import atomic_write_bytes
+from infoutil.data.imagenet import display_name
 from infoutil.errors import UserError
 from infoutil.evaluation.compare import (
     collect_results,
@@ -25,7 +26,6 @@ from infoutil.evaluation.compare import (
     markdown_table,
     summary_rows,
 )
-from infoutil.io.atomic import atomic_write_bytes
 from infoutil.io.distilled import load_distilled
 from infoutil.report.plots import _plt, image_grid, plot_accuracy_vs_ipc, save_figure
 from infoutil.selection.diagnostics import summary_line

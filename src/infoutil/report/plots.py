@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from infoutil.io.atomic import atomic_write_bytes
+from infoutil.atomic import atomic_write_bytes
 
 
 def _plt():

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from infoutil import distributed as dist_util
+from infoutil.atomic import atomic_save_tensors, atomic_write_json, dumps_json
 from infoutil.config import TeacherConfig, build_config
 from infoutil.data import per_class_sample, subset
 from infoutil.data.augment import random_crop_flip, to_float
 from infoutil.data.sources import load_split_of
 from infoutil.errors import UserError
-from infoutil.io.atomic import atomic_save_tensors, atomic_write_json, dumps_json
 from infoutil.io.checkpoint import completed_epochs, epoch_paths, save_teacher_epoch
 from infoutil.io.lock import output_lock
 from infoutil.models import Classifier, create_model
