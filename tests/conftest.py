@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from infoutil.data.fashion_mnist import DEBIAN_FASHION_MNIST
+from tests.helpers import quiet
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +51,7 @@ def fmnist_teacher(tmp_path_factory, data_root) -> Path:
     cfg = TeacherConfig(
         dataset="fashion-mnist", epochs=2, train_per_class=60, seed=0, test_per_class=100
     )
-    train_teacher(cfg, out, data_root=str(data_root), progress_bar=False)
+    train_teacher(cfg, out, run=quiet(data_root))
     return out
 
 

@@ -69,3 +69,10 @@ def small_config(method: str = "infoutil", **options):
         "informativeness": {"budget": 32},
     }
     return DistillConfig(**{**values, **options})
+
+
+def quiet(data_root, **options):
+    """The run context of a test: the shared data root, no progress bars."""
+    from infoutil.runtime import RunContext
+
+    return RunContext(data_root=str(data_root), progress=False, **options)

@@ -126,3 +126,48 @@ def test_factor_is_honoured_by_the_whole_image_baselines(method, tmp_path, data_
     assert ds.factor == 2 and ds.manifest["layout"] == "whole images"
     assert ds.logits.shape == (10, 4, 10)
     assert all(p["box"] == [0, 0, 28, 28] for e in ds.manifest["images"] for p in e["patches"])
+
+
+COMMANDS_WITH_DATASET = [
+    ["data", "info"],
+    ["teacher", "train"],
+    ["teacher", "eval"],
+    ["teacher", "import"],
+    ["distill"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS_WITH_DATASET, ids=" ".join)
+def test_every_commands_dataset_help_names_every_dataset(command):
+    """--dataset and --image-size come from one definition each, so every command lists the
+    registry's datasets, and --image-size names the ones it resizes (not imagefolder only)."""
+    from typer.testing import CliRunner
+
+    from infoutil.cli import app
+    from infoutil.data.sources import DATASETS, RESIZABLE
+
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
+    assert all(name in text for name in DATASETS), text
+    if "--image-size" in text:
+        assert "only for imagewoof, imagenette, tiny-imagenet, imagefolder:PATH" in text
+        assert set(RESIZABLE) == {"imagewoof", "imagenette", "tiny-imagenet", "imagefolder:PATH"}
+
+
+def test_help_shows_the_defaults_it_once_hid():
+    from typer.testing import CliRunner
+
+    from infoutil.cli import app
+
+    def text(*command):
+        out = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "400"}).output
+        return " ".join(re.sub(r"[│╭╮╰╯─]", " ", out).split())
+
+    train = text("teacher", "train")
+    assert "0.05 up to 32 px, 0.01 above" in train and "Default 128" in train
+    assert "convnet3" in train and "resnet18" in train  # --arch lists the registry
+    distill = text("distill")
+    for shown in ("(default 300)", "(default 512)", "(default 0)", "Images per class (required)"):
+        assert shown in distill, shown
+    assert "default 300, RDED's" in text("evaluate") and "resnet18" in text("evaluate")

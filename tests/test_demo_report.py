@@ -63,7 +63,7 @@ class _Collector(HTMLParser):
 def demo_run(tmp_path_factory, data_root) -> Path:
     """``infoutil demo`` from the command line, shortened: 10 candidates a class, 1 epoch."""
     out = tmp_path_factory.mktemp("demo") / "demo"
-    quick = ["--epochs", "1", "--candidates-per-class", "10", "--budget", "32", "--threads", "1"]
+    quick = ["--epochs", "1", "--candidates-per-class", "10", "--threads", "1"]
     proc = run_cli("demo", "--out", str(out), *quick, "-q")
     assert proc.returncode == 0, proc.stderr
     assert "report:" in proc.stdout and "infoutil  Fashion-MNIST IPC 10" in proc.stdout
@@ -105,11 +105,12 @@ def test_the_demos_report_is_complete(demo_run):
     }
 
 
-def test_the_readme_library_example_runs():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+def test_the_guides_library_example_runs():
+    guide = (Path(__file__).parents[1] / "docs" / "guide.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.S)
+    code = next(b for b in blocks if "patch_shapley" in b)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    exec(compile(code, "docs/guide.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert tuple(namespace["maps"].shape) == (8, 4, 4)
 
 

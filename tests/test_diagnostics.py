@@ -12,15 +12,16 @@ from infoutil.data.augment import to_float
 from infoutil.io.checkpoint import load_teacher
 from infoutil.methods import distill
 from infoutil.selection.crops import crop_and_resize
-from infoutil.selection.diagnostics import ScoredPatches, selection_diagnostics, warning
-from tests.helpers import fmnist_distill, run_cli, small_config
+from infoutil.selection.diagnostics import selection_diagnostics, warning
+from infoutil.selection.scored import ScoredPatches
+from tests.helpers import fmnist_distill, quiet, run_cli, small_config
 
 VAL = ValidationSplit(40, 3)
 
 
 def _distill(method, teacher, out, data_root):
     cfg = small_config(method, val_per_class=VAL.per_class, val_seed=VAL.seed)
-    distill(cfg, teacher, out, data_root=str(data_root), progress=False)
+    distill(cfg, teacher, out, run=quiet(data_root))
     return json.loads((out / "manifest.json").read_text())
 
 
@@ -77,13 +78,31 @@ def test_the_warning_fires_below_half_and_stays_silent_above():
     assert warning(_fake(0.5)) is None and warning(_fake(0.9)) is None
 
 
+def _diag(selected: float, pool: float, area: float) -> dict:
+    overall = {"patches": 10, "teacher_top1": selected, "mean_area": area}
+    return {"selected": {"overall": overall}, "pool": {"overall": {"teacher_top1": pool}}}
+
+
+def test_the_warning_names_the_likely_cause():
+    """A weak teacher at factor 1 is blamed on the teacher, not on a crop that is the whole
+    image (the case a user met: a 15.5% teacher); small crops and hard-keeping rules apart."""
+    weak = warning(_diag(0.16, 0.17, 1.0), teacher_accuracy=0.155, rule="cluster")
+    assert "the teacher itself reads only 17% of the candidate pool (15.5% on its test set)" in weak
+    assert "crop" not in weak and "\n" not in weak
+    small = warning(_diag(0.3, 0.8, 0.25))
+    assert "cover 25% of the image" in small and "too small" in small
+    hard = warning(_diag(0.3, 0.8, 1.0), rule="highest")
+    assert "the 'highest' rule keeps whole images the teacher finds hard" in hard
+
+
 def test_the_distill_warns_when_the_teacher_gets_most_selected_patches_wrong(
     fmnist_teacher, tmp_path
 ):
-    common = ["--ipc", "2", "--candidates-per-class", "6", "--budget", "32", "-q"]
+    common = ["--ipc", "2", "--candidates-per-class", "6", "-q"]
     paper = run_cli(
-        *fmnist_distill(fmnist_teacher, *common, "--recipe", "paper", "--out", str(tmp_path / "p"))
-    )
+        *fmnist_distill(fmnist_teacher, *common, "--budget", "32", "--recipe", "paper", "--out",
+                        str(tmp_path / "p"))
+    )  # fmt: skip
     assert paper.returncode == 0, paper.stderr
     manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
     top1 = manifest["diagnostics"]["selected"]["overall"]["teacher_top1"]

@@ -13,7 +13,7 @@ from infoutil.config import DistillConfig, build_config
 from infoutil.errors import UserError
 from infoutil.io.distilled import VARYING_FILES, load_distilled
 from infoutil.methods import distill
-from tests.helpers import assert_one_line_error, fmnist_distill, run_cli, small_config
+from tests.helpers import assert_one_line_error, fmnist_distill, quiet, run_cli, small_config
 
 
 def _cfg(method="infoutil", ipc=2, **kw):
@@ -23,7 +23,7 @@ def _cfg(method="infoutil", ipc=2, **kw):
 @pytest.fixture(scope="module")
 def distilled(fmnist_teacher, data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("d") / "infoutil"
-    distill(_cfg(), fmnist_teacher, out, data_root=str(data_root), progress=False)
+    distill(_cfg(), fmnist_teacher, out, run=quiet(data_root))
     return out
 
 
@@ -72,14 +72,14 @@ def test_same_seed_same_bytes_from_scratch(
 ):
     monkeypatch.setenv("INFOUTIL_CACHE", str(tmp_path / "fresh-cache"))  # recompute everything
     again = tmp_path / "again"
-    distill(_cfg(), fmnist_teacher, again, data_root=str(data_root), progress=False)
+    distill(_cfg(), fmnist_teacher, again, run=quiet(data_root))
     files = sorted(p.relative_to(distilled) for p in distilled.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for rel in files:
         if rel.name not in VARYING_FILES:
             assert (distilled / rel).read_bytes() == (again / rel).read_bytes(), rel
     other = tmp_path / "other-seed"
-    distill(_cfg(seed=1), fmnist_teacher, other, data_root=str(data_root), progress=False)
+    distill(_cfg(seed=1), fmnist_teacher, other, run=quiet(data_root))
     assert (other / "labels.safetensors").read_bytes() != (
         distilled / "labels.safetensors"
     ).read_bytes()
@@ -88,8 +88,8 @@ def test_same_seed_same_bytes_from_scratch(
 @pytest.mark.parametrize("method", ["rded", "random", "herding", "kcenter", "full"])
 def test_every_baseline_loads(method, fmnist_teacher, data_root, tmp_path):
     out = tmp_path / method
-    distill(_cfg(method), fmnist_teacher, out, data_root=str(data_root), progress=False)
-    ds = load_distilled(out, data_root=str(data_root))
+    distill(_cfg(method), fmnist_teacher, out, run=quiet(data_root))
+    ds = load_distilled(out, run=quiet(data_root))
     if method == "full":
         assert len(ds) == 60000 and ds.logits is None
     else:
@@ -99,7 +99,7 @@ def test_every_baseline_loads(method, fmnist_teacher, data_root, tmp_path):
 
 def test_factor_two_stitches_four_patches(fmnist_teacher, data_root, tmp_path):
     out = tmp_path / "f2"
-    distill(_cfg(ipc=1, factor=2), fmnist_teacher, out, data_root=str(data_root), progress=False)
+    distill(_cfg(ipc=1, factor=2), fmnist_teacher, out, run=quiet(data_root))
     ds = load_distilled(out)
     assert ds.factor == 2 and ds.logits.shape == (10, 4, 10)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -120,9 +120,7 @@ def test_bad_ipc_values(fmnist_teacher, data_root, tmp_path):
         )
         assert_one_line_error(proc, "ipc")
     with pytest.raises(UserError, match="30 candidate crops .* but 31 are needed"):
-        distill(
-            _cfg(ipc=31), fmnist_teacher, tmp_path / "y", data_root=str(data_root), progress=False
-        )
+        distill(_cfg(ipc=31), fmnist_teacher, tmp_path / "y", run=quiet(data_root))
     assert not (tmp_path / "y").exists() and not (tmp_path / "y.partial").exists()
 
 
@@ -132,7 +130,7 @@ def test_bad_ipc_values(fmnist_teacher, data_root, tmp_path):
         ("infoutil", ["--ipc", "7"], "only 6 candidate images but 7 are needed"),
         (
             "infoutil",
-            ["--ipc", "31", "--recipe", "paper"],
+            ["--ipc", "31", "--recipe", "paper", "--budget", "32"],
             "30 candidate crops (5 per image) but 31 are needed",
         ),
         ("rded", ["--ipc", "7"], "only 6 candidates but 7 are needed"),
@@ -146,8 +144,6 @@ def test_an_ipc_the_pool_cannot_supply_is_refused_before_scoring(
     proc = run_cli(
         *fmnist_distill(fmnist_teacher, "--method", method, "--candidates-per-class", "6"),
         *args,
-        "--budget",
-        "32",
         "--out",
         str(tmp_path / "x"),
         env={"INFOUTIL_CACHE": str(cache)},
@@ -191,8 +187,7 @@ def test_rded_at_factor_two_stitches_blocks_of_its_ranking(fmnist_teacher, data_
         _cfg("rded", ipc=2, factor=2, candidates_per_class=8),
         fmnist_teacher,
         out,
-        data_root=str(data_root),
-        progress=False,
+        run=quiet(data_root),
     )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stitch"] == "blocks"
@@ -207,7 +202,7 @@ def test_a_noisy_crop_equal_to_the_noise_free_one_is_marked_noise_free(
 ):
     out = tmp_path / "alpha0"
     cfg = _cfg(informativeness={"budget": 32, "alpha": 0.0}, utility={"per_source": "best"})
-    distill(cfg, fmnist_teacher, out, data_root=str(data_root), progress=False)
+    distill(cfg, fmnist_teacher, out, run=quiet(data_root))
     manifest = json.loads((out / "manifest.json").read_text())
     patches = [p for e in manifest["images"] for p in e["patches"]]
     # without noise all five boxes coincide: the first is kept, and it is the noise-free crop
@@ -273,7 +268,7 @@ def test_rded_keeps_each_candidates_lowest_loss_crop_and_the_lowest_candidates(
     from infoutil.selection.crops import crop_and_resize
 
     out = tmp_path / "rded"
-    distill(_cfg("rded"), fmnist_teacher, out, data_root=str(data_root), progress=False)
+    distill(_cfg("rded"), fmnist_teacher, out, run=quiet(data_root))
     scores = load_file(str(out / "scores.safetensors"))
     manifest = json.loads((out / "manifest.json").read_text())
     losses, boxes, cand = scores["loss"], scores["boxes"], scores["candidates"]

@@ -14,7 +14,7 @@ from infoutil.evaluation.run import evaluate
 from infoutil.io.checkpoint import save_teacher_epoch
 from infoutil.methods import distill
 from infoutil.models import create_model
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, quiet, run_cli
 
 TIMING_KEYS = ("evaluate_seconds",)
 
@@ -31,9 +31,7 @@ def sets(fmnist_teacher, data_root, tmp_path_factory):
             candidates_per_class=10,
             informativeness={"budget": 32},
         )
-        out[method] = distill(
-            cfg, fmnist_teacher, root / method, data_root=str(data_root), progress=False
-        )
+        out[method] = distill(cfg, fmnist_teacher, root / method, run=quiet(data_root))
     return out
 
 
@@ -49,8 +47,7 @@ def two_seeds(sets, data_root, tmp_path_factory):
         out,
         protocol=_protocol(),
         seeds=[0, 1],
-        data_root=str(data_root),
-        progress=False,
+        run=quiet(data_root),
     )
 
 
@@ -83,7 +80,11 @@ def test_the_reported_accuracy_is_the_last_epochs(two_seeds):
         last = run["curve"][-1]
         assert last["epoch"] == 12 and last["test_accuracy"] == acc
         assert all("test_accuracy" not in p for p in run["curve"][:-1])
-    assert (out / "curve.png").stat().st_size > 1000
+    # the curve is drawn by report, beside the output (the command line does it)
+    from infoutil.report.plots import plot_results_curves
+
+    plot_results_curves(results, out.parent / "curve.png")
+    assert (out.parent / "curve.png").stat().st_size > 1000
 
 
 def test_seeds_are_distinct_and_reproducible(two_seeds, sets, data_root, tmp_path):
@@ -94,8 +95,7 @@ def test_seeds_are_distinct_and_reproducible(two_seeds, sets, data_root, tmp_pat
         tmp_path / "again",
         protocol=_protocol(),
         seeds=[1],
-        data_root=str(data_root),
-        progress=False,
+        run=quiet(data_root),
     )
     assert again["curves"][0] == results["curves"][1]
 
@@ -108,8 +108,7 @@ def test_compare_two_runs(two_seeds, sets, data_root, tmp_path):
         out_b,
         protocol=_protocol(6),
         seeds=[0],
-        data_root=str(data_root),
-        progress=False,
+        run=quiet(data_root),
     )
     rows = compare([out_a, out_b], tmp_path / "table")
     assert [(r["method"], r["ipc"], r["seeds"]) for r in rows] == [
@@ -123,7 +122,11 @@ def test_compare_two_runs(two_seeds, sets, data_root, tmp_path):
     csv_lines = (tmp_path / "table" / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("method,recipe,dataset,ipc") and len(csv_lines) == 3
     assert ",test," in csv_lines[1]  # the split each row measured
-    assert (tmp_path / "table" / "accuracy_vs_ipc_fashion-mnist_convnet3.png").is_file()
+    from infoutil.report.plots import plot_compare  # figures belong to report: the CLI draws them
+
+    assert plot_compare(rows, tmp_path / "table") == [
+        tmp_path / "table" / "accuracy_vs_ipc_fashion-mnist_convnet3.png"
+    ]
 
 
 def test_a_teacher_with_another_class_count_is_refused(sets, tmp_path):
@@ -152,3 +155,35 @@ def test_results_schema_is_plain_json(two_seeds):
     data = json.loads((out / "results.json").read_text())
     assert data["reported"] == "last_epoch" and isinstance(data["accuracy"], list)
     assert statistics.pstdev(data["accuracy"]) == pytest.approx(data["std"], abs=1e-12)
+
+
+def _record(method, protocol, mean, ipc=10, epochs=100):
+    return {"method": method, "dataset": "d", "student": "s", "split": "val", "recipe": None,
+            "ipc": ipc, "epochs": epochs, "protocol": protocol, "mean": mean, "std": 0.01,
+            "seeds": [0, 1]}  # fmt: skip
+
+
+def test_regimes_side_by_side_with_ior_hlr_and_lrs():
+    """One column per regime; IOR against random real images of the same IPC and regime; HLR
+    against the full training set under hard labels; LRS from the soft IOR and HLR."""
+    import math
+
+    from infoutil.evaluation.compare import regime_markdown, regime_rows
+
+    records = [
+        _record("infoutil", "hard", 0.30), _record("infoutil", "rded", 0.50),
+        _record("random", "hard", 0.28), _record("random", "rded", 0.45),
+        _record("full", "hard", 0.70, ipc=None),
+    ]  # fmt: skip
+    rows = {r["method"]: r for r in regime_rows(records)}
+    ours = rows["infoutil"]
+    assert ours["ior_hard"] == pytest.approx(0.02) and ours["ior_rded"] == pytest.approx(0.05)
+    assert ours["hlr"] == pytest.approx(0.40)
+    alpha = 0.5 * 0.05 - 0.5 * 0.40
+    assert ours["lrs"] == pytest.approx((math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1)))
+    assert rows["random"]["ior_rded"] == 0 and "hlr" not in rows["full"]
+    table = regime_markdown(list(rows.values()))
+    assert "| hard (%) | rded (%) | IOR hard | IOR rded | HLR | LRS |" in table
+    assert (
+        "| infoutil | - | d | 10 | s | val | 100 epochs | 30.00 +- 1.00 | 50.00 +- 1.00 |" in table
+    )

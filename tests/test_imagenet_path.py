@@ -71,10 +71,32 @@ def test_imagenet_layout_at_224_px_with_an_imported_resnet18(tmp_path, data_root
     assert meta["dataset"]["image_size"] == 224 and len(meta["dataset"]["class_names"]) == 1000
 
     distilled = tmp_path / "set"
-    _ok(run_cli("distill", "--method", "infoutil", "--dataset", dataset, "--image-size", "224",
-                "--teacher", str(tmp_path / "teacher"), "--ipc", "1", "--candidates-per-class",
-                "4", "--budget", "32", "--factor", "2", "--threads", "2", "-q",
-                "--out", str(distilled)))  # fmt: skip (factor 2: the stitched path at 224 px)
+    _ok(
+        run_cli(
+            "distill",
+            "--method",
+            "infoutil",
+            "--dataset",
+            dataset,
+            "--image-size",
+            "224",
+            "--teacher",
+            str(tmp_path / "teacher"),
+            "--ipc",
+            "1",
+            "--candidates-per-class",
+            "4",
+            "--budget",
+            "32",
+            "--factor",
+            "2",
+            "--threads",
+            "2",
+            "-q",
+            "--out",
+            str(distilled),
+        )
+    )  # fmt: skip (factor 2: the stitched path at 224 px)
     manifest = json.loads((distilled / "manifest.json").read_text())
     assert manifest["factor"] == 2 and manifest["dataset"]["image_size"] == 224
     restriction = manifest["teacher"]["class_restriction"]

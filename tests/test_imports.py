@@ -77,3 +77,58 @@ def test_a_cycle_is_caught(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     err = import_alone("cyclepkg.a")
     assert err is not None and "circular import" in err
+
+
+# the floors of the house, bottom up: a package may import only from floors below its own
+FLOORS = [
+    {"errors"},
+    {"atomic", "runtime"},
+    {"data"},
+    {"distributed", "models"},
+    {"io", "attribution"},
+    {"config"},
+    {"training", "selection"},
+    {"methods"},
+    {"evaluation"},
+    {"report"},
+    {"pipeline"},
+    {"demo"},
+    {"cli"},
+    {"__main__"},
+]
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Package (or top-level module) -> the infoutil packages its code imports."""
+    import ast
+
+    edges: dict[str, set[str]] = {}
+    for path in PACKAGE_DIR.rglob("*.py"):
+        parts = path.relative_to(PACKAGE_DIR).with_suffix("").parts
+        if parts == ("__init__",):
+            continue
+        src = parts[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                bits = name.split(".")
+                if bits[0] == "infoutil" and len(bits) > 1 and bits[1] not in (src, "__init__"):
+                    edges.setdefault(src, set()).add(bits[1])
+    return edges
+
+
+def test_no_import_runs_up_a_floor():
+    floor = {name: i for i, names in enumerate(FLOORS) for name in names}
+    found = _package_imports()
+    assert set(found) <= set(floor), set(found) - set(floor)  # a new package needs a floor
+    upward = [
+        f"{src} -> {dst}"
+        for src, dsts in sorted(found.items())
+        for dst in sorted(dsts)
+        if dst in floor and floor[dst] >= floor[src]
+    ]
+    assert upward == []

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from infoutil.config import RECIPES
 from infoutil.methods import distill
-from tests.helpers import small_config
+from tests.helpers import quiet, small_config
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,7 @@ def run(fmnist_teacher, data_root, tmp_path_factory):
                 small_config(**options),
                 fmnist_teacher,
                 out,
-                data_root=str(data_root),
-                progress=False,
+                run=quiet(data_root),
             )
             manifest = json.loads((out / "manifest.json").read_text())
             manifest["run_stats"] = json.loads((out / "run_stats.json").read_text())
@@ -287,7 +286,7 @@ def test_a_second_fastshap_run_reuses_the_trained_explainer(fmnist_teacher, data
         cfg = small_config(
             informativeness={**FASTSHAP, "fastshap": {**FASTSHAP["fastshap"], "epochs": 3}}
         )
-        distill(cfg, fmnist_teacher, tmp_path / name, data_root=str(data_root), progress=False)
+        distill(cfg, fmnist_teacher, tmp_path / name, run=quiet(data_root))
         stats = json.loads((tmp_path / name / "run_stats.json").read_text())
         runs.append(
             (

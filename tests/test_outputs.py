@@ -14,7 +14,7 @@ from infoutil.evaluation.run import evaluate
 from infoutil.io.distilled import load_distilled
 from infoutil.methods import distill
 from infoutil.training.teacher import train_teacher
-from tests.helpers import assert_one_line_error, fmnist_distill, run_cli
+from tests.helpers import assert_one_line_error, fmnist_distill, quiet, run_cli
 
 RANDOM = DistillConfig(method="random", dataset="fashion-mnist", ipc=1)
 QUICK = ProtocolConfig(epochs=1, test_per_class=3, eval_points=1)
@@ -37,7 +37,7 @@ def _survive(folder: Path, files: dict[str, bytes]) -> None:
 @pytest.fixture(scope="module")
 def finished_set(fmnist_teacher, data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sets") / "random-ipc1"
-    distill(RANDOM, fmnist_teacher, out, data_root=str(data_root), progress=False)
+    distill(RANDOM, fmnist_teacher, out, run=quiet(data_root))
     return out
 
 
@@ -58,7 +58,7 @@ def test_overwrite_refuses_an_out_that_holds_the_runs_teacher(fmnist_teacher, da
         (runs / "t" / f.name).write_bytes(f.read_bytes())
     before = {p.name: p.read_bytes() for p in (runs / "t").iterdir()}
     with pytest.raises(UserError, match="an input of this run"):
-        distill(RANDOM, runs / "t", runs, data_root=str(data_root), overwrite=True, progress=False)
+        distill(RANDOM, runs / "t", runs, run=quiet(data_root), overwrite=True)
     assert {p.name: p.read_bytes() for p in (runs / "t").iterdir()} == before
 
 
@@ -71,13 +71,12 @@ def test_overwrite_replaces_a_finished_set_and_refuses_one_with_extra_files(
             (out / f.relative_to(finished_set)).parent.mkdir(parents=True, exist_ok=True)
             (out / f.relative_to(finished_set)).write_bytes(f.read_bytes())
     other = RANDOM.model_copy(update={"seed": 1})
-    distill(other, fmnist_teacher, out, data_root=str(data_root), overwrite=True, progress=False)
+    distill(other, fmnist_teacher, out, run=quiet(data_root), overwrite=True)
     assert load_distilled(out).manifest["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set", "set.lock"]  # old one gone
     files = _user_files(out)
     with pytest.raises(UserError, match="which the distilled set did not write"):
-        distill(RANDOM, fmnist_teacher, out, data_root=str(data_root), overwrite=True,
-                progress=False)  # fmt: skip
+        distill(RANDOM, fmnist_teacher, out, run=quiet(data_root), overwrite=True)  # fmt: skip
     _survive(out, files)
     assert load_distilled(out).manifest["seed"] == 1
 
@@ -86,19 +85,17 @@ def test_overwrite_does_not_replace_an_output_of_another_kind(
     finished_set, fmnist_teacher, data_root, tmp_path
 ):
     ev = tmp_path / "eval"
-    evaluate(finished_set, ev, protocol=QUICK, data_root=str(data_root), progress=False)
+    evaluate(finished_set, ev, protocol=QUICK, run=quiet(data_root))
     before = {str(p.relative_to(ev)): p.read_bytes() for p in ev.rglob("*") if p.is_file()}
     with pytest.raises(UserError, match="it is a finished evaluation, not a distilled set"):
-        distill(RANDOM, fmnist_teacher, ev, data_root=str(data_root), overwrite=True,
-                progress=False)  # fmt: skip
+        distill(RANDOM, fmnist_teacher, ev, run=quiet(data_root), overwrite=True)  # fmt: skip
     # evaluate refuses a folder with a stranger in it, and an out that holds its own set
     (ev / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="notes.txt, which the evaluation did not write"):
-        evaluate(finished_set, ev, protocol=QUICK, data_root=str(data_root), overwrite=True,
-                 progress=False)  # fmt: skip
+        evaluate(finished_set, ev, protocol=QUICK, run=quiet(data_root), overwrite=True)
     with pytest.raises(UserError, match="an input of this run"):
-        evaluate(finished_set, finished_set.parent, protocol=QUICK, data_root=str(data_root),
-                 overwrite=True, progress=False)  # fmt: skip
+        evaluate(finished_set, finished_set.parent, protocol=QUICK, run=quiet(data_root),
+                 overwrite=True)  # fmt: skip
     after = {str(p.relative_to(ev)): p.read_bytes() for p in ev.rglob("*") if p.is_file()}
     assert after == {**before, "notes.txt": b"mine"}
     assert (finished_set / "COMPLETE.json").is_file()
@@ -107,7 +104,7 @@ def test_overwrite_does_not_replace_an_output_of_another_kind(
 def test_an_empty_folder_is_a_fine_out(fmnist_teacher, data_root, tmp_path):
     out = tmp_path / "empty"
     out.mkdir()
-    distill(RANDOM, fmnist_teacher, out, data_root=str(data_root), progress=False)
+    distill(RANDOM, fmnist_teacher, out, run=quiet(data_root))
     load_distilled(out)
 
 
@@ -115,8 +112,7 @@ def test_a_folder_named_like_a_stage_is_not_taken_for_one(fmnist_teacher, data_r
     out = tmp_path / "set"
     files = _user_files(tmp_path / "set.partial")
     with pytest.raises(UserError, match="not an interrupted infoutil distill run"):
-        distill(RANDOM, fmnist_teacher, out, data_root=str(data_root), overwrite=True,
-                progress=False)  # fmt: skip
+        distill(RANDOM, fmnist_teacher, out, run=quiet(data_root), overwrite=True)  # fmt: skip
     _survive(tmp_path / "set.partial", files)
 
 
@@ -127,8 +123,7 @@ def test_teacher_train_refuses_a_folder_that_is_not_its_run(data_root, tmp_path)
     out = tmp_path / "t"
     files = _user_files(out)
     with pytest.raises(UserError, match="holds notes.txt, which no teacher run wrote"):
-        train_teacher(TeacherConfig(**TINY_TEACHER), out, data_root=str(data_root),
-                      progress_bar=False)  # fmt: skip
+        train_teacher(TeacherConfig(**TINY_TEACHER), out, run=quiet(data_root))  # fmt: skip
     _survive(out, files)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "sub"]
 
@@ -140,13 +135,13 @@ def test_teacher_train_refuses_a_folder_that_is_not_its_run(data_root, tmp_path)
 def test_a_failed_teacher_start_leaves_nothing(change, message, data_root, tmp_path):
     cfg = TeacherConfig(**{**TINY_TEACHER, **change})
     with pytest.raises(UserError, match=message):
-        train_teacher(cfg, tmp_path / "t", data_root=str(data_root), progress_bar=False)
+        train_teacher(cfg, tmp_path / "t", run=quiet(data_root))
     assert list(tmp_path.iterdir()) == []  # no folder, no config.json, no lock
 
 
 def test_a_teacher_run_records_its_learning_rate_and_probe(data_root, tmp_path):
     cfg = TeacherConfig(**{**TINY_TEACHER, "epochs": 2, "probe_images": 10})
-    meta = train_teacher(cfg, tmp_path / "t", data_root=str(data_root), progress_bar=False)
+    meta = train_teacher(cfg, tmp_path / "t", run=quiet(data_root))
     saved = json.loads((tmp_path / "t" / "config.json").read_text())
     assert saved["lr"] == 0.05  # the default at 28 px, written out
     log = [json.loads(x) for x in (tmp_path / "t" / "train_log.jsonl").read_text().splitlines()]

@@ -117,7 +117,10 @@ def _resnet_file(tmp_path, edit=None, name="w.pth"):
 @pytest.mark.parametrize(
     "edit,message",
     [
-        (lambda s: s.pop("layer3.1.bn2.running_var"), "'net.layers.2.1.bn2.running_var' of"),
+        (
+            lambda s: s.pop("layer3.1.bn2.running_var"),
+            "tensor 'layer3.1.bn2.running_var' is missing from the file",
+        ),  # the file's name, not ours (net.layers.2.1.bn2.running_var)
         (
             lambda s: s.__setitem__("layer2.0.conv1.weight", torch.zeros(128, 64, 1, 1)),
             "tensor 'layer2.0.conv1.weight' has shape (128, 64, 1, 1)",
@@ -133,6 +136,24 @@ def test_a_weights_file_that_does_not_fit_is_refused_naming_the_tensor(edit, mes
     with pytest.raises(UserError) as err:
         import_weights(_resnet_file(tmp_path, edit), "resnet18", "imagenet-1k")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"])
+def test_an_empty_or_truncated_file_is_not_called_pickled_code(content, tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        import_weights(path, "resnet18", "imagenet-1k")
+    said = str(err.value)
+    assert ("is empty" in said or "may be truncated" in said) and "pickled" not in said
+    assert "\n" not in said
+
+
+def test_imagenet_weights_at_64_px_name_the_small_image_stem(tmp_path):
+    with pytest.raises(UserError) as err:
+        import_weights(_resnet_file(tmp_path), "resnet18", "imagenet-1k", image_size=64)
+    assert "tensor 'conv1.weight' has shape (64, 3, 7, 7)" in str(err.value)
+    assert "small-image stem" in str(err.value) and "--image-size 65 or more" in str(err.value)
 
 
 def test_wrong_class_count_names_both_counts(tmp_path):
@@ -217,3 +238,34 @@ def test_a_subset_without_wnid_folders_is_refused_with_the_fix(imagenet_teacher)
     # the wrong size is still refused, restricted or not
     with pytest.raises(UserError, match="expects 3x224x224"):
         load_teacher(out, expect=dataset_info("imagewoof"))
+
+
+def test_a_class_order_mismatch_is_refused_and_class_order_fixes_it(
+    fmnist_teacher, data_root, tmp_path
+):
+    """Weights whose last layer lists the classes in another order score near chance: refused
+    in one line that names the fix; --class-order with the weights' order imports them."""
+    from safetensors.torch import save_file
+
+    from infoutil.training.importer import import_teacher
+    from tests.helpers import quiet
+
+    teacher = load_teacher(fmnist_teacher)
+    state = {k: v.contiguous() for k, v in teacher.model.state_dict().items()}
+    order = list(range(10))[::-1]  # the file lists the classes backwards
+    state["net.fc.weight"], state["net.fc.bias"] = (
+        state["net.fc.weight"][order],
+        state["net.fc.bias"][order],
+    )
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    run = quiet(data_root)
+    args = dict(classes="fashion-mnist", dataset="fashion-mnist", layout="infoutil", run=run)
+    with pytest.raises(UserError, match="near chance.*--class-order FILE") as err:
+        import_teacher(weights, "convnet3", tmp_path / "a", **args)
+    assert "\n" not in str(err.value) and not (tmp_path / "a").exists()
+    listed = tmp_path / "order.txt"
+    names = teacher.info.class_names
+    listed.write_text("".join(f"{names[i]}\n" for i in order))
+    meta = import_teacher(weights, "convnet3", tmp_path / "b", class_order=listed, **args)
+    assert meta["test_accuracy"] > 0.5 and meta["imported_from"]["class_order"] == str(listed)

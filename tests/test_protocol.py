@@ -17,7 +17,7 @@ from infoutil.io.checkpoint import load_teacher
 from infoutil.io.distilled import load_distilled
 from infoutil.methods import distill
 from infoutil.training.teacher import cosine_lr
-from tests.helpers import assert_one_line_error, fmnist_distill, run_cli, small_config
+from tests.helpers import assert_one_line_error, fmnist_distill, quiet, run_cli, small_config
 
 
 def _quadrants(b: int = 6) -> torch.Tensor:
@@ -80,7 +80,7 @@ def test_lr_floor_and_temperature():
 @pytest.fixture(scope="module")
 def small_set(fmnist_teacher, data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("set") / "random"
-    distill(small_config("random"), fmnist_teacher, out, data_root=str(data_root), progress=False)
+    distill(small_config("random"), fmnist_teacher, out, run=quiet(data_root))
     return load_distilled(out)
 
 
@@ -121,8 +121,7 @@ def test_the_label_teacher_labels_and_relabels(fmnist_teacher, data_root, tmp_pa
         fmnist_teacher,
         out,
         label_teacher=f"{fmnist_teacher}@1",
-        data_root=str(data_root),
-        progress=False,
+        run=quiet(data_root),
     )
     ds = load_distilled(out)
     early = load_teacher(f"{fmnist_teacher}@1").model
@@ -133,7 +132,7 @@ def test_the_label_teacher_labels_and_relabels(fmnist_teacher, data_root, tmp_pa
     proto = PROTOCOLS["rded"].model_copy(
         update={"epochs": 1, "eval_points": 1, "test_per_class": 3, "probe_images": 30}
     )
-    res = evaluate(out, tmp_path / "e", protocol=proto, data_root=str(data_root), progress=False)
+    res = evaluate(out, tmp_path / "e", protocol=proto, run=quiet(data_root))
     assert res["teacher"]["epoch"] == 1  # online relabelling uses it by default
     assert res["label_teacher"]["epoch"] == 1 and res["distill_teacher"]["epoch"] == 2
 
@@ -156,3 +155,71 @@ def test_overwrite_replaces_and_a_changed_resume_is_refused(fmnist_teacher, tmp_
         "--resume",
     )
     assert_one_line_error(changed, "--resume with different options")
+
+
+def test_the_hard_protocol_trains_on_the_hard_labels_without_a_teacher(small_set, data_root):
+    """Hard labels that name the next class teach the next class, with no teacher given."""
+    shifted = dataclasses.replace(small_set, labels=(small_set.labels + 1) % 10)
+    test = load_dataset("fashion-mnist", "test", str(data_root))
+    test = subset(test, per_class_sample(test.targets, 10, 3, 0))
+    proto = PROTOCOLS["hard"].model_copy(
+        update={"epochs": 40, "eval_points": 1, "cutmix": False, "lr": 0.005}
+    )
+    run = train_student(shifted, test, None, "convnet3", proto, 0, progress_bar=False)
+    with torch.no_grad():
+        predicted = run.model.eval()(small_set.images.float() / 255).argmax(1)
+    assert (predicted == shifted.labels).float().mean() > 0.8
+
+
+@pytest.fixture(scope="module")
+def set_with_validation(fmnist_teacher, data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("val-set") / "random"
+    cfg = small_config("random", val_per_class=5)
+    distill(cfg, fmnist_teacher, out, run=quiet(data_root))
+    return out
+
+
+def test_hard_labels_choose_the_lr_on_validation_and_record_it(
+    set_with_validation, data_root, tmp_path
+):
+    proto = PROTOCOLS["hard"].model_copy(
+        update={"epochs": 2, "eval_points": 1, "lr_grid": (0.001, 0.01)}
+    )
+    res = evaluate(set_with_validation, tmp_path / "h", protocol=proto, seeds=[0, 1],
+                   run=quiet(data_root), split="val")  # fmt: skip
+    choice = res["lr_choice"]
+    assert choice["grid"] == [0.001, 0.01] and len(choice["val_accuracy"]) == 2
+    best = max(range(2), key=lambda i: choice["val_accuracy"][i])
+    assert res["lr"] == choice["chosen"] == [0.001, 0.01][best]
+    assert res["labels_from"] == "hard" and res["protocol"] == "hard"
+    # measured on the same split, seed 0 is the search's own student at the chosen lr
+    assert res["accuracy"][0] == choice["val_accuracy"][best]
+    assert (tmp_path / "h" / "lr-search" / f"lr_{res['lr']:g}" / "seed_0.json").is_file()
+
+
+def test_hard_labels_without_a_validation_split_are_refused(small_set, data_root, tmp_path):
+    proto = PROTOCOLS["hard"].model_copy(update={"epochs": 1})
+    with pytest.raises(Exception, match="chooses its learning rate on the validation split"):
+        evaluate(small_set.path, tmp_path / "h", protocol=proto, run=quiet(data_root))
+    given = proto.model_copy(update={"lr": 0.001, "eval_points": 1, "test_per_class": 3})
+    res = evaluate(small_set.path, tmp_path / "g", protocol=given, run=quiet(data_root))
+    assert res["lr"] == 0.001 and res["lr_choice"] is None
+
+
+def test_a_steps_budget_sets_the_epochs_and_every_result_records_both(small_set, data_root,
+                                                                     tmp_path):  # fmt: skip
+    from infoutil.evaluation.run import training_key
+
+    n, bs = len(small_set), 10  # 20 images, batch 10: 2 steps an epoch
+    proto = PROTOCOLS["rded"].model_copy(
+        update={"steps": 7, "batch_size": bs, "eval_points": 1, "test_per_class": 3}
+    )
+    res = evaluate(small_set.path, tmp_path / "s", protocol=proto, run=quiet(data_root))
+    assert (res["epochs"], res["steps"], res["budget"]) == (4, 8, "steps") and n // bs == 2
+    plain = PROTOCOLS["rded"].model_copy(update={"epochs": 3, "eval_points": 1,
+                                                 "test_per_class": 3})  # fmt: skip
+    res = evaluate(small_set.path, tmp_path / "e", protocol=plain, run=quiet(data_root))
+    assert (res["epochs"], res["budget"]) == (3, "epochs") and res["steps"] == 3 * 2
+    # students kept before these fields existed keep their keys: unset fields are not keyed
+    key = json.loads(training_key(small_set.path, "convnet3", "t", PROTOCOLS["rded"]))
+    assert "steps" not in key["protocol"] and "lr_grid" not in key["protocol"]

@@ -10,7 +10,7 @@ import torch
 from infoutil.data import DatasetInfo, load_dataset
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import completed_epochs, load_teacher
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, quiet, run_cli
 
 
 def test_two_epochs_on_a_real_subset_beat_chance(fmnist_teacher):
@@ -111,7 +111,7 @@ def test_a_compiled_teacher_learns_what_an_eager_one_does(tmp_path, data_root):
             compile=compiled,
         )  # fmt: skip
         out = tmp_path / str(compiled)
-        train_teacher(cfg, out, data_root=str(data_root), progress_bar=False)
+        train_teacher(cfg, out, run=quiet(data_root))
         runs[compiled] = load_teacher(out).model.state_dict()
     for name, eager in runs[False].items():
         assert torch.allclose(runs[True][name], eager, rtol=1e-3, atol=1e-4), name

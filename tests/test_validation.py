@@ -14,7 +14,7 @@ from infoutil.errors import UserError
 from infoutil.evaluation.run import evaluate
 from infoutil.methods import distill
 from infoutil.training.teacher import train_teacher
-from tests.helpers import assert_one_line_error, fmnist_distill, run_cli, small_config
+from tests.helpers import assert_one_line_error, fmnist_distill, quiet, run_cli, small_config
 
 VAL = ValidationSplit(30, 1)
 
@@ -60,7 +60,7 @@ def test_no_image_of_the_split_reaches_a_pool_or_a_set(
         val_seed=VAL.seed,
         informativeness={"budget": 32, "alpha": 0.0},
     )
-    out = distill(cfg, fmnist_teacher, tmp_path / method, data_root=str(data_root), progress=False)
+    out = distill(cfg, fmnist_teacher, tmp_path / method, run=quiet(data_root))
     held_out = {val.source_id(i) for i in range(len(val))}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["validation"] == VAL.describe(whole)
@@ -76,18 +76,18 @@ def test_no_image_of_the_split_reaches_a_pool_or_a_set(
 def test_full_and_evaluation_on_the_split(fmnist_teacher, data_root, tmp_path, parts):
     _, train, val = parts
     cfg = DistillConfig(method="full", dataset="fashion-mnist", ipc=1, val_per_class=30, val_seed=1)
-    full = distill(cfg, fmnist_teacher, tmp_path / "full", data_root=str(data_root), progress=False)
+    full = distill(cfg, fmnist_teacher, tmp_path / "full", run=quiet(data_root))
     from infoutil.io.distilled import load_distilled
 
-    assert len(load_distilled(full, data_root=str(data_root))) == len(train) == 59700
+    assert len(load_distilled(full, run=quiet(data_root))) == len(train) == 59700
     small = DistillConfig(
         method="random", dataset="fashion-mnist", ipc=2, val_per_class=30, val_seed=1
     )
-    sset = distill(small, fmnist_teacher, tmp_path / "r", data_root=str(data_root), progress=False)
+    sset = distill(small, fmnist_teacher, tmp_path / "r", run=quiet(data_root))
     protocol = PROTOCOLS["rded"].model_copy(update={"epochs": 2, "eval_points": 1})
 
     def run(out: str, **kw):
-        kw = {"protocol": protocol, "data_root": str(data_root), "progress": False, **kw}
+        kw = {"protocol": protocol, "run": quiet(data_root), **kw}
         return evaluate(sset, tmp_path / out, **kw)
 
     res = run("e", split="val")
@@ -117,7 +117,7 @@ def test_full_and_evaluation_on_the_split(fmnist_teacher, data_root, tmp_path, p
 
 def test_val_on_a_set_without_a_split_is_refused(fmnist_teacher, data_root, tmp_path):
     cfg = DistillConfig(method="random", dataset="fashion-mnist", ipc=1)
-    out = distill(cfg, fmnist_teacher, tmp_path / "r", data_root=str(data_root), progress=False)
+    out = distill(cfg, fmnist_teacher, tmp_path / "r", run=quiet(data_root))
     proc = run_cli("evaluate", str(out), "--out", str(tmp_path / "e"), "--split", "val")
     assert_one_line_error(proc, "without a validation split", "--val-per-class")
     assert not (tmp_path / "e").exists() and not (tmp_path / "e.partial").exists()
@@ -132,7 +132,7 @@ def test_a_teacher_trained_without_the_split_records_it(data_root, tmp_path):
         val_per_class=30,
         val_seed=1,
     )
-    meta = train_teacher(cfg, tmp_path / "t", data_root=str(data_root), progress_bar=False)
+    meta = train_teacher(cfg, tmp_path / "t", run=quiet(data_root))
     assert (
         meta["validation"]["sha256"]
         == VAL.describe(load_dataset("fashion-mnist", "train", str(data_root)))["sha256"]

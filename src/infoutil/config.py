@@ -287,13 +287,22 @@ class ProtocolConfig(Strict):
     weight_decay: float = Field(0.01, ge=0)  # AdamW, not on norms or biases
     lr_floor: float = Field(0.0, ge=0, le=1)
     temperature: float = Field(20.0, gt=0)
-    labels: Literal["online", "static"] = "online"
+    # online: the teacher relabels every batch (RDED); static: the set's stored soft labels;
+    # hard: the set's hard labels and cross-entropy, no teacher at training time
+    labels: Literal["online", "static", "hard"] = "online"
     shuffle_patches: bool = True
     random_resized_crop: bool = True  # scale (1/factor, 1)
     flip: bool = True
     cutmix: bool = True
     autoaugment: bool = False
     batch_size: int | None = Field(None, ge=1)  # None: RDED's rule by IPC and class count
+    # a budget of optimizer steps instead of epochs (budgets that compare across IPC); the
+    # epochs are then as many as the steps take, rounded up, and both are recorded
+    steps: int | None = Field(None, ge=1)
+    # hard labels with no lr given: the grid the lr is chosen from on the validation split
+    # (DD-Ranking tunes hard-label runs over {0.001, 0.005, 0.01, 0.05, 0.1} with its own
+    # optimiser; these are the values AdamW trains at)
+    lr_grid: tuple[float, ...] = (0.001, 0.005, 0.01)
     eval_points: int = Field(5, ge=1)  # points on the curve (the last, on the full test set,
     # is the one reported; the others use a class-balanced probe of ``probe_images``)
     probe_images: int = Field(2000, ge=1)
@@ -310,6 +319,8 @@ PROTOCOLS = {
     "static": ProtocolConfig(
         name="static", labels="static", shuffle_patches=False, random_resized_crop=False
     ),
+    # the same augmentations as rded, the set's hard labels, the lr chosen on validation
+    "hard": ProtocolConfig(name="hard", labels="hard"),
 }
 
 

@@ -15,10 +15,9 @@ from importlib import resources
 from pathlib import Path
 
 from infoutil.config import PROTOCOLS, DistillConfig
-from infoutil.evaluation.run import evaluate
-from infoutil.io.distilled import COMPLETE
-from infoutil.methods import distill
+from infoutil.pipeline import Cell, run_cell
 from infoutil.report.html import build_report
+from infoutil.runtime import RunContext
 
 PACKAGED_TEACHER = "teacher-fashion-mnist-convnet3"
 
@@ -35,18 +34,14 @@ def packaged_teacher_provenance() -> dict:
 def run_demo(
     out: str | Path = "infoutil-demo",
     *,
-    data_root: str | None = None,
-    cache_dir: str | None = None,
+    run: RunContext | None = None,
     ipc: int = 10,
     candidates_per_class: int = 50,
-    budget: int = 128,
     epochs: int = 150,
     seeds: int = 1,
-    progress: bool = True,
 ) -> dict:
-    out = Path(out)
+    out, run = Path(out), run or RunContext()
     start = time.perf_counter()
-    teacher = packaged_teacher()
     protocol = PROTOCOLS["rded"].model_copy(update={"epochs": epochs})
     headline = {}
     for method in ("infoutil", "rded"):
@@ -56,36 +51,12 @@ def run_demo(
             ipc=ipc,
             seed=0,
             candidates_per_class=candidates_per_class,
-            informativeness={"budget": budget},
+            # recorded as it always was (the default recipe computes no map, so it acts nowhere)
+            informativeness={"budget": 128},
         )
-        distilled = out / "distilled" / method
-        if not (distilled / COMPLETE).is_file():
-            distill(
-                cfg,
-                teacher,
-                distilled,
-                data_root=data_root,
-                cache_dir=cache_dir,
-                resume=True,
-                overwrite=distilled.exists(),
-                progress=progress,
-            )
-        evaluated = out / "eval" / method
-        if (evaluated / COMPLETE).is_file():
-            results = json.loads((evaluated / "results.json").read_text())
-        else:
-            results = evaluate(
-                distilled,
-                evaluated,
-                protocol=protocol,
-                seeds=list(range(seeds)),
-                data_root=data_root,
-                cache_dir=cache_dir,
-                resume=True,
-                overwrite=evaluated.exists(),
-                progress=progress,
-            )
-        headline[method] = results
+        cell = Cell(method, cfg, packaged_teacher(), protocol=protocol, seeds=seeds,
+                    evaluation=method)  # fmt: skip
+        headline[method] = run_cell(cell, out, run)
     report = build_report(out)
     seconds = time.perf_counter() - start
     print()

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -204,3 +205,26 @@ def precision_autocast(precision: str, device_type: str = "cpu"):
     if precision == "bf16":
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run reads and writes and what it runs on, carried as one value from the command
+    line (or a benchmark) to every stage: the data root (None: ``INFOUTIL_DATA``), the cache
+    (None: ``INFOUTIL_CACHE`` or ``~/.cache/infoutil``), the device (None: a GPU if there is
+    one), torch's CPU threads (None: torch's default) and whether to show progress bars."""
+
+    data_root: str | None = None
+    cache_dir: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    progress: bool = True
+
+    def apply_threads(self) -> None:
+        """Set torch's CPU threads, where the context names a count."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+
+    @property
+    def compute(self) -> torch.device:
+        return resolve_device(self.device)

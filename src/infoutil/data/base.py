@@ -93,7 +93,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 class TensorImageDataset(ImageDataset):
-    """A dataset held in memory as one uint8 tensor (CIFAR, Fashion-MNIST)."""
+    """A dataset of uint8 images in one tensor: in memory (CIFAR, Fashion-MNIST) or mapped
+    from the cache (``data.cache``), optionally through an index (a ``subset``), so that a
+    part of a split is a view, not a copy: only the images a stage reads are paged in."""
 
     def __init__(
         self,
@@ -102,20 +104,33 @@ class TensorImageDataset(ImageDataset):
         images: torch.Tensor,
         targets: torch.Tensor,
         ids: Sequence[str] | None = None,
+        index: torch.Tensor | None = None,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError("images must be a uint8 tensor [N, C, H, W]")
         self.info = info
         self.split = split
-        self.images = images
+        self._images = images
+        self._index = index
         self.targets = targets.to(torch.int64)
         self._ids = list(ids) if ids is not None else None
 
+    @property
+    def images(self) -> torch.Tensor:
+        """Every image as one tensor (a copy where this is a view: for small sets only)."""
+        return self._images if self._index is None else self._images[self._index]
+
     def get_batch(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        return self.images[torch.as_tensor(indices, dtype=torch.int64)]
+        rows = torch.as_tensor(indices, dtype=torch.int64)
+        return self._images[rows if self._index is None else self._index[rows]]
 
     def source_id(self, index: int) -> str:
         return self._ids[index] if self._ids is not None else f"{self.split}:{index}"
+
+    def view(self, indices: torch.Tensor, split: str) -> TensorImageDataset:
+        rows = indices if self._index is None else self._index[indices]
+        ids = [self.source_id(int(i)) for i in indices]
+        return TensorImageDataset(self.info, split, self._images, self.targets[indices], ids, rows)
 
 
 class FolderImageDataset(ImageDataset):
@@ -175,17 +190,15 @@ def decode_image(source, channels: int, size: int | None, name: str | None = Non
 
 
 def subset(dataset: ImageDataset, indices: torch.Tensor, split: str | None = None) -> ImageDataset:
-    """A new dataset holding only ``indices`` (in memory for tensor datasets).
+    """A dataset of only ``indices``: a view of a tensor dataset (nothing copied), the named
+    files of a folder dataset.
 
     Source ids are kept, so provenance still names the original file or index.
     """
     indices = torch.as_tensor(indices, dtype=torch.int64)
     split = split or dataset.split
     if isinstance(dataset, TensorImageDataset):
-        ids = [dataset.source_id(int(i)) for i in indices]
-        out = TensorImageDataset(
-            dataset.info, split, dataset.images[indices], dataset.targets[indices], ids
-        )
+        out = dataset.view(indices, split)
     elif isinstance(dataset, FolderImageDataset):
         samples = [dataset.samples[int(i)] for i in indices]
         out = FolderImageDataset(dataset.info, split, dataset.root, samples)

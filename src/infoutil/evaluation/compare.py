@@ -1,15 +1,15 @@
-"""``infoutil compare``: many ``results.json`` files -> one table and one plot."""
+"""``infoutil compare``: many ``results.json`` files -> one table (its figures: ``report``)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 from infoutil.atomic import atomic_write_bytes
 from infoutil.errors import UserError
-from infoutil.report.plots import plot_accuracy_vs_ipc
 
 COLUMNS = [
     "method",
@@ -121,25 +121,83 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the label regimes, as the protocols name them, in the order a table shows them
+REGIMES = ("hard", "static", "rded")
+
+
+def _budget(r: dict) -> str:
+    if r.get("budget") == "steps":
+        return f"{r['steps']} steps"
+    return f"{r['epochs']} epochs"
+
+
+def regime_rows(records: list[dict]) -> list[dict]:
+    """One row per set (dataset, student, split, method, recipe, IPC, budget) with its
+    accuracy in each label regime, and DD-Ranking's scores where their inputs exist
+    (``docs/design.md``, *Scores*): IOR per regime (the gain over random real images of the
+    same IPC under the same regime), HLR (the full training set's hard-label accuracy minus
+    the set's) and LRS (from IOR under the soft regime and HLR)."""
+    table: dict[tuple, dict] = {}
+    for r in records:
+        key = (r["dataset"], r["student"], r.get("split", "test"), r["method"],
+               r.get("recipe") if r["method"].startswith("infoutil") else None,
+               r["ipc"], _budget(r))  # fmt: skip
+        row = table.setdefault(key, dict(zip(
+            ("dataset", "student", "split", "method", "recipe", "ipc", "budget"), key,
+            strict=True)))  # fmt: skip
+        row[r["protocol"]] = (r["mean"], r["std"], len(r["seeds"]))
+    rows = list(table.values())
+    for row in rows:
+        same = [o for o in rows if (o["dataset"], o["student"], o["split"]) ==
+                (row["dataset"], row["student"], row["split"])]  # fmt: skip
+        random = next((o for o in same if o["method"] == "random" and o["ipc"] == row["ipc"]
+                       and o["budget"] == row["budget"]), None)  # fmt: skip
+        full = next((o for o in same if o["method"] == "full" and "hard" in o), None)
+        for regime in REGIMES:
+            if random is not None and regime in row and regime in random:
+                row[f"ior_{regime}"] = row[regime][0] - random[regime][0]
+        if full is not None and "hard" in row and row["method"] != "full":
+            row["hlr"] = full["hard"][0] - row["hard"][0]
+        soft = "rded" if "ior_rded" in row else "static"
+        if "hlr" in row and f"ior_{soft}" in row:
+            row["lrs"] = label_robust_score(row[f"ior_{soft}"], row["hlr"])
+            row["lrs_from"] = soft
+    return rows
+
+
+def label_robust_score(ior: float, hlr: float, weight: float = 0.5) -> float:
+    """DD-Ranking's LRS: alpha = w * IOR - (1 - w) * HLR, LRS = (e^alpha - e^-1) / (e - e^-1),
+    with IOR and HLR as fractions (DD-Ranking's code passes percentage points, which crushes
+    every LRS below about -0.157; docs/design.md)."""
+    alpha = weight * ior - (1 - weight) * hlr
+    return (math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1))
+
+
+def regime_markdown(rows: list[dict]) -> str:
+    regimes = [g for g in REGIMES if any(g in r for r in rows)]
+    head = ["method", "recipe", "dataset", "IPC", "student", "split", "budget"]
+    head += [*(f"{g} (%)" for g in regimes), *(f"IOR {g}" for g in regimes), "HLR", "LRS"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], r["recipe"] or "-", r["dataset"], r["ipc"] or "all", r["student"],
+                 r["split"], r["budget"]]  # fmt: skip
+        cells += [format_accuracy(*r[g]) if g in r else "-" for g in regimes]
+        cells += [f"{100 * r[f'ior_{g}']:+.2f}" if f"ior_{g}" in r else "-" for g in regimes]
+        cells += [f"{100 * r['hlr']:.2f}" if "hlr" in r else "-"]
+        cells += [f"{r['lrs']:.3f}" if "lrs" in r else "-"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def compare(paths: list[str | Path], out: str | Path) -> list[dict]:
     out = Path(out)
-    rows = summary_rows(collect_results(paths))
+    records = collect_results(paths)
+    rows = summary_rows(records)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
     atomic_write_bytes(out / "results.md", markdown_table(rows).encode())
-    for dataset in sorted({r["dataset"] for r in rows}):
-        for student in sorted({r["student"] for r in rows if r["dataset"] == dataset}):
-            subset = [
-                r
-                for r in rows
-                if r["dataset"] == dataset and r["student"] == student and r["ipc"] is not None
-            ]
-            if subset:
-                name = f"accuracy_vs_ipc_{dataset}_{student}.png".replace(":", "_").replace(
-                    "/", "_"
-                )
-                plot_accuracy_vs_ipc(subset, out / name, f"{dataset}, student {student}")
+    atomic_write_bytes(out / "regimes.md", regime_markdown(regime_rows(records)).encode())
     return rows

@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,19 +44,27 @@ from infoutil.data import (
 )
 from infoutil.errors import UserError
 from infoutil.evaluation.compare import format_accuracy
-from infoutil.evaluation.student import StudentRun, rded_batch_size, train_student
+from infoutil.evaluation.student import (
+    STUDENT_LR,
+    StudentRun,
+    batch_size,
+    student_epochs,
+    train_student,
+)
 from infoutil.io.checkpoint import check_teacher_fits, load_teacher
 from infoutil.io.distilled import load_distilled
 from infoutil.io.lock import output_lock
 from infoutil.io.outputs import COMPLETE, finish_output, prepare_output
 from infoutil.models import create_model
-from infoutil.report.plots import plot_training_curves
-from infoutil.runtime import fault_point, resolve_device
+from infoutil.runtime import RunContext, fault_point
 
 RESULTS_FORMAT = "infoutil-results/1"
 STUDENT_FORMAT = "infoutil-student/1"
 # protocol fields that only change what is measured, not how a student trains
 MEASURE_ONLY = ("eval_points", "probe_images", "test_per_class", "eval_batch_size")
+# fields added after students were kept: in a student's key only where set, so that the
+# students kept before them stay reusable (lr_grid only chooses the lr, which is keyed)
+KEYED_WHEN_SET = {"steps": None}
 
 
 def seed_record(folder: Path, seed: int) -> Path:
@@ -70,7 +80,11 @@ def training_key(distilled_dir: Path, student: str, teacher: str, protocol: Prot
     """What decides a student's weights for a given seed: the distilled set's bytes (its
     COMPLETE.json lists every file's sha256), the student, the teacher that relabels online and
     the protocol's training fields. Not the split it is measured on."""
-    fields = {k: v for k, v in protocol.model_dump().items() if k not in MEASURE_ONLY}
+    fields = {
+        k: v
+        for k, v in protocol.model_dump().items()
+        if k not in (*MEASURE_ONLY, "lr_grid") and not (k in KEYED_WHEN_SET and v is None)
+    }
     record = {
         "set": hashlib.sha256((Path(distilled_dir) / COMPLETE).read_bytes()).hexdigest(),
         "student": student,
@@ -111,12 +125,9 @@ def evaluate(
     teacher: str | Path | None = None,
     protocol: ProtocolConfig | None = None,
     seeds: list[int] | None = None,
-    data_root: str | None = None,
-    cache_dir: str | None = None,
+    run: RunContext | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
-    device: str | None = None,
     split: str = "test",
     students_from: str | Path | None = None,
 ) -> dict:
@@ -128,40 +139,14 @@ def evaluate(
     same way on the same set, is measured here rather than trained again.
     """
     start = time.perf_counter()
-    out = Path(out)
+    out, run = Path(out), run or RunContext()
     protocol = protocol or ProtocolConfig()
     seeds = list(seeds if seeds is not None else [0])
-    if not seeds:
-        raise UserError("--seeds must be at least 1")
-    ctx = distributed.context()
-    if split not in ("test", "val"):
-        raise UserError(f"--split {split!r}: choose 'test' (the reported figure) or 'val'")
-    if students_from is not None and not Path(students_from).is_dir():
-        raise UserError(f"--students-from {students_from}: no such folder of an evaluation")
-    distilled = load_distilled(distilled_dir, data_root=data_root, cache_dir=cache_dir)
-    validation = ValidationSplit.from_dict(distilled.manifest.get("validation"))
-    if split == "val" and validation is None:
-        raise UserError(
-            f"{distilled_dir}: was distilled without a validation split, so no images are "
-            "held out from it; distill with --val-per-class N to measure on --split val"
-        )
-    # the held-out split is the one this set's candidates were kept away from
-    test = load_dataset(
-        distilled.info.name,
-        split,
-        data_root,
-        cache_dir=cache_dir,
-        validation=validation,
-        image_size=distilled.info.image_size,
-    )
-    if protocol.test_per_class is not None:
-        test = subset(
-            test, per_class_sample(test.targets, test.info.num_classes, protocol.test_per_class, 0)
-        )
-    check_teacher_fits(test.info, distilled.info, str(distilled_dir))
+    _check_request(seeds, split, students_from)
+    distilled, test = _set_and_split(Path(distilled_dir), split, protocol, run)
     teacher_spec = teacher or distilled.manifest["label_teacher"]["path"]
     relabeller = load_teacher(teacher_spec, expect=distilled.info)
-    relabeller.model.to(resolve_device(device))
+    relabeller.model.to(run.compute)
     check_teacher_fits(relabeller.info, distilled.info, str(teacher_spec))
     key = training_key(Path(distilled_dir), student, teacher_spec, protocol)
     config = {
@@ -175,68 +160,34 @@ def evaluate(
     }
     if students_from is not None:  # only then: runs begun before the option resume as they were
         config["students_from"] = str(students_from)
+    ctx = distributed.context()
+    lr_choice = None
     with contextlib.ExitStack() as stack:
         if ctx.is_main:
             stack.enter_context(output_lock(out))
-            inputs = (distilled_dir, teacher_spec, students_from, resolve_data_root(data_root))
-            inputs = (*inputs, resolve_cache_dir(cache_dir))
+            inputs = (distilled_dir, teacher_spec, students_from, resolve_data_root(run.data_root))
+            inputs = (*inputs, resolve_cache_dir(run.cache_dir))
             stage = prepare_output(
                 out, resume=resume, overwrite=overwrite, config=config, inputs=inputs
             )
         else:
             stage = out.with_name(out.name + ".partial")
         ctx.barrier()
-        runs: list[StudentRun] = []
-        for seed in seeds:
-            record = seed_record(stage, seed)
-            if record.is_file():
-                saved = json.loads(record.read_text())
-                runs.append(StudentRun(seed, saved["accuracy"], saved["curve"]))
-                continue
-            kept = _measure_kept(
-                students_from, seed, key, student, distilled.info, test, protocol, relabeller, ctx
-            )
-            if kept is not None:
-                if ctx.is_main:
-                    shutil.copy(student_file(students_from, seed), student_file(stage, seed))
-                    atomic_write_json(
-                        record, {"seed": seed, "accuracy": kept.accuracy, "curve": kept.curve}
-                    )
-                runs.append(kept)
-                continue
-            state = stage / f"seed_{seed}_state.safetensors"
-            run = train_student(
-                distilled,
-                test,
-                relabeller.model,
-                student,
-                protocol,
-                seed,
-                state_path=state,
-                ctx=ctx,
-                progress_bar=progress,
-            )
-            if ctx.is_main:
-                save_student(student_file(stage, seed), run.model, seed, key)
-                atomic_write_json(
-                    record, {"seed": seed, "accuracy": run.accuracy, "curve": run.curve}
-                )
-                state.unlink(missing_ok=True)
-                fault_point("seed-done")
-            runs.append(run)
+        if protocol.labels == "hard" and protocol.lr is None:
+            args = (distilled, Path(distilled_dir), relabeller, student, teacher_spec)
+            protocol, lr_choice, chosen = _choose_lr(*args, protocol, stage, run, ctx)
+            key = training_key(Path(distilled_dir), student, teacher_spec, protocol)
+            students_from = students_from or chosen  # its seed 0 is the chosen lr's student
+        job = _StudentJob(distilled, test, relabeller, student, protocol, key, stage, run, ctx)
+        runs = [job.seed(seed, students_from) for seed in seeds]
         results = _results(distilled, relabeller, student, protocol, runs, config, start, test)
+        results["lr_choice"] = lr_choice
         if ctx.is_main:
             atomic_write_json(stage / "results.json", results)
             fault_point("results-written")
-            plot_training_curves(
-                [{"seed": r.seed, "curve": r.curve} for r in runs],
-                stage / "curve.png",
-                f"{results['method']} {results['dataset']} ipc={results['ipc']}"
-                f" -> {student} ({protocol.name}, {protocol.epochs} epochs)",
-            )
             finish_output(stage, out)
         ctx.barrier()
-    if ctx.is_main and progress:
+    if ctx.is_main and run.progress:
         print(
             f"{results['method']} {results['dataset']} ipc={results['ipc']} {student}: "
             f"{format_accuracy(results['mean'], results['std'], len(seeds))} "
@@ -244,6 +195,124 @@ def evaluate(
             flush=True,
         )
     return results
+
+
+def _choose_lr(distilled, distilled_dir, relabeller, student, teacher_spec, protocol, stage,
+               run, ctx):  # fmt: skip
+    """Hard labels: the learning rate of ``protocol.lr_grid`` whose seed-0 student scores best
+    on the validation split the set was distilled without (DD-Ranking tunes hard-label runs
+    the same way, on its test set). Returns (the protocol at that lr, the record of the
+    choice, the folder of its kept student)."""
+    validation = ValidationSplit.from_dict(distilled.manifest.get("validation"))
+    if validation is None:
+        raise UserError(
+            f"{distilled_dir}: the hard protocol chooses its learning rate on the validation "
+            "split, and this set has none; distill with --val-per-class N, or give the lr "
+            "(--config with lr: VALUE)"
+        )
+    val = load_dataset(distilled.info.name, "val", run.data_root, cache_dir=run.cache_dir,
+                       validation=validation, image_size=distilled.info.image_size)  # fmt: skip
+    scores = []
+    for lr in protocol.lr_grid:
+        trial = protocol.model_copy(update={"lr": lr})
+        folder = stage / "lr-search" / f"lr_{lr:g}"
+        folder.mkdir(parents=True, exist_ok=True)
+        key = training_key(distilled_dir, student, teacher_spec, trial)
+        job = _StudentJob(distilled, val, relabeller, student, trial, key, folder, run, ctx)
+        scores.append(job.seed(0, None).accuracy)
+    best = max(range(len(scores)), key=lambda i: scores[i])  # ties: the first in the grid
+    lr = protocol.lr_grid[best]
+    record = {
+        "chosen": lr,
+        "grid": list(protocol.lr_grid),
+        "val_accuracy": scores,
+        "how": "one student (seed 0) per lr, measured on the validation split the set was "
+        "distilled without; the best is kept, ties to the first",
+        "validation": val.validation,
+    }
+    return protocol.model_copy(update={"lr": lr}), record, stage / "lr-search" / f"lr_{lr:g}"
+
+
+def _check_request(seeds: list[int], split: str, students_from) -> None:
+    """Refuse what cannot run, before anything is loaded."""
+    if not seeds:
+        raise UserError("--seeds must be at least 1")
+    if split not in ("test", "val"):
+        raise UserError(f"--split {split!r}: choose 'test' (the reported figure) or 'val'")
+    if students_from is not None and not Path(students_from).is_dir():
+        raise UserError(f"--students-from {students_from}: no such folder of an evaluation")
+
+
+def _set_and_split(distilled_dir: Path, split: str, protocol: ProtocolConfig, run: RunContext):
+    """(the distilled set, the split its students are measured on): ``val`` is the split the
+    set's candidates were kept away from."""
+    distilled = load_distilled(distilled_dir, run=run)
+    validation = ValidationSplit.from_dict(distilled.manifest.get("validation"))
+    if split == "val" and validation is None:
+        raise UserError(
+            f"{distilled_dir}: was distilled without a validation split, so no images are "
+            "held out from it; distill with --val-per-class N to measure on --split val"
+        )
+    test = load_dataset(
+        distilled.info.name,
+        split,
+        run.data_root,
+        cache_dir=run.cache_dir,
+        validation=validation,
+        image_size=distilled.info.image_size,
+    )
+    if protocol.test_per_class is not None:
+        test = subset(
+            test, per_class_sample(test.targets, test.info.num_classes, protocol.test_per_class, 0)
+        )
+    check_teacher_fits(test.info, distilled.info, str(distilled_dir))
+    return distilled, test
+
+
+@dataclass
+class _StudentJob:
+    """Students of one evaluation, one seed at a time: a finished seed is read back, a kept
+    student of another evaluation is measured, any other is trained (resumably)."""
+
+    distilled: object
+    test: ImageDataset
+    relabeller: object
+    student: str
+    protocol: ProtocolConfig
+    key: str
+    stage: Path
+    run: RunContext
+    ctx: object
+
+    def seed(self, seed: int, students_from) -> StudentRun:
+        record = seed_record(self.stage, seed)
+        if record.is_file():
+            saved = json.loads(record.read_text())
+            return StudentRun(seed, saved["accuracy"], saved["curve"])
+        kept = _measure_kept(
+            students_from, seed, self.key, self.student, self.distilled.info, self.test,
+            self.protocol, self.relabeller, self.ctx,
+        )  # fmt: skip
+        if kept is not None:
+            if self.ctx.is_main:
+                shutil.copy(student_file(students_from, seed), student_file(self.stage, seed))
+                atomic_write_json(
+                    record, {"seed": seed, "accuracy": kept.accuracy, "curve": kept.curve}
+                )
+            return kept
+        state = self.stage / f"seed_{seed}_state.safetensors"
+        trained = train_student(
+            self.distilled, self.test, self.relabeller.model, self.student, self.protocol, seed,
+            state_path=state, ctx=self.ctx, progress_bar=self.run.progress,
+        )  # fmt: skip
+        if self.ctx.is_main:
+            save_student(student_file(self.stage, seed), trained.model, seed, self.key)
+            atomic_write_json(
+                record, {"seed": seed, "accuracy": trained.accuracy, "curve": trained.curve}
+            )
+            state.unlink(missing_ok=True)
+            fault_point("seed-done")
+        return trained
 
 
 def _measure_kept(
@@ -279,6 +348,8 @@ def _results(
     accs = [r.accuracy for r in runs]
     n = len(distilled)
     ipc = distilled.ipc
+    bs = batch_size(protocol, distilled)
+    epochs = student_epochs(protocol, math.ceil(n / bs))
     return {
         "format": RESULTS_FORMAT,
         "method": distilled.method,
@@ -288,23 +359,25 @@ def _results(
         "factor": distilled.factor,
         "student": student,
         "protocol": protocol.name,
-        "epochs": protocol.epochs,
+        # the training budget: the epochs run and the optimizer steps they took; "budget" says
+        # which of the two the protocol fixed
+        "epochs": epochs,
+        "steps": epochs * math.ceil(n / bs),
+        "budget": "epochs" if protocol.steps is None else "steps",
+        "lr": protocol.lr or STUDENT_LR.get(student, 1e-3),
         "split": config["split"],  # what "accuracy" measured: the test set, or val
         "validation": test.validation if config["split"] == "val" else None,
         # the split the set was distilled without (whichever split is measured here)
         "held_out": distilled.manifest.get("validation"),
         "test_images": len(test),
-        "batch_size": protocol.batch_size
-        or rded_batch_size(
-            ipc or max(1, n // distilled.info.num_classes), distilled.info.num_classes, n
-        ),
+        "batch_size": bs,
         "teacher_accuracy": relabeller.meta.get("test_accuracy"),
         # which teacher did what: the one that relabels online here (``teacher``), the one
         # that selected the patches, and the one whose logits the set stores
         "teacher": relabeller.describe(),
         "distill_teacher": distilled.manifest.get("teacher"),
         "label_teacher": distilled.manifest.get("label_teacher"),
-        "labels_from": "online" if protocol.labels == "online" else "stored",
+        "labels_from": {"online": "online", "static": "stored", "hard": "hard"}[protocol.labels],
         "recipe": (distilled.manifest.get("config") or {}).get("recipe"),
         "seeds": [r.seed for r in runs],
         "accuracy": accs,

@@ -1,10 +1,14 @@
 """Train a fresh student on a distilled set under a named protocol (anchors.md §1.6).
 
 Per step: ShufflePatches(factor) -> RandomResizedCrop(scale (1/factor, 1)) -> flip -> CutMix,
-then soft targets: the teacher relabels the mixed batch online (``labels="online"``), or the
-stored per-patch labels are mixed by area (``labels="static"``). The loss is
-KL(softmax(teacher/T) || softmax(student/T)) with batch-mean reduction, without a T^2 factor,
-as RDED. AdamW with no decay on norms and biases; the LR follows a cosine per epoch down to
+then the targets, in one of three label regimes: the teacher relabels the mixed batch online
+(``labels="online"``, protocol ``rded``), the stored per-patch labels are mixed by area
+(``labels="static"``, no per-patch views), or the set's hard labels, one-hot and mixed by
+area (``labels="hard"``: no teacher at training time). The loss is
+KL(softmax(target/T) || softmax(student/T)) with batch-mean reduction, without a T^2 factor,
+as RDED; with hard labels T is 1, so it is the cross-entropy. ``steps`` fixes the optimizer
+steps instead of the epochs, so that budgets compare across IPC. AdamW with no decay on
+norms and biases; the LR follows a cosine per epoch down to
 ``lr_floor x lr``. Every draw of epoch ``e`` comes from a generator seeded by (seed, e), and the
 model and optimizer state are saved as training goes, so a killed run resumes exactly.
 """
@@ -48,6 +52,21 @@ def rded_batch_size(ipc: int, num_classes: int, num_images: int) -> int:
     if num_classes >= 100:
         base *= 2
     return max(1, min(base, num_images))
+
+
+def batch_size(protocol: ProtocolConfig, distilled: DistilledSet) -> int:
+    """The protocol's batch size, else RDED's rule for the set's IPC and class count."""
+    n, classes = len(distilled), distilled.info.num_classes
+    ipc = distilled.ipc or max(1, n // classes)
+    return protocol.batch_size or rded_batch_size(ipc, classes, n)
+
+
+def student_epochs(protocol: ProtocolConfig, steps_per_epoch: int) -> int:
+    """The epochs a student trains: the protocol's, or as many as its ``steps`` budget of
+    optimizer steps takes (rounded up to whole epochs)."""
+    if protocol.steps is None:
+        return protocol.epochs
+    return max(1, math.ceil(protocol.steps / steps_per_epoch))
 
 
 def eval_epochs(epochs: int, points: int) -> list[int]:
@@ -103,21 +122,26 @@ def train_student(
     info = distilled.info
     n = len(distilled)
     ipc = distilled.ipc or max(1, n // info.num_classes)
-    factor = distilled.factor
+    del ipc  # the batch size follows RDED's rule from it (batch_size)
     if protocol.labels == "static" and distilled.logits is None:
         raise UserError(f"{distilled.path}: has no stored labels; use the online protocol")
     if protocol.labels == "online" and teacher is None:
-        raise UserError("online relabelling needs a teacher (--teacher)")
+        raise UserError("online relabelling needs a teacher")
     torch.manual_seed(seed)
     model = create_model(arch, info).to(device)
     lr = protocol.lr or STUDENT_LR.get(arch, 1e-3)
     opt = torch.optim.AdamW(param_groups(model, protocol.weight_decay), lr=lr, betas=(0.9, 0.999))
-    bs = protocol.batch_size or rded_batch_size(ipc, info.num_classes, n)
+    bs = batch_size(protocol, distilled)
     steps = math.ceil(n / bs)
-    T = protocol.temperature
-    targets_static = (
-        soft_targets_static(distilled.logits, T) if distilled.logits is not None else None
-    )
+    protocol = protocol.model_copy(update={"epochs": student_epochs(protocol, steps)})
+    # hard labels: cross-entropy with the (CutMix-mixed) one-hot targets, no temperature
+    T = 1.0 if protocol.labels == "hard" else protocol.temperature
+    if protocol.labels == "hard":
+        targets_static = F.one_hot(distilled.labels, info.num_classes).to(torch.float32)
+    elif distilled.logits is not None:
+        targets_static = soft_targets_static(distilled.logits, T)
+    else:
+        targets_static = None
     checkpoints = eval_epochs(protocol.epochs, protocol.eval_points)
     # The curve's intermediate points use a fixed, class-balanced probe of the test set; the
     # reported number is the last epoch's accuracy on the whole test set.
@@ -144,6 +168,7 @@ def train_student(
         unit="epoch",
         enabled=progress_bar,
     )
+    batches = _Batches(distilled, protocol, targets_static, ctx, device)
     for epoch in range(start, protocol.epochs):
         g = generator("student", seed, epoch)
         for group in opt.param_groups:
@@ -153,28 +178,7 @@ def train_student(
         loss_sum = 0.0
         for step in range(steps):
             idx = order[step * bs : (step + 1) * bs]
-            raw = distilled.images[idx]
-            if protocol.autoaugment:
-                raw = _autoaugment(raw, g)
-            x = to_float(raw)
-            if protocol.shuffle_patches and protocol.labels == "online":
-                x = shuffle_patches(x, factor, g)
-            if protocol.random_resized_crop and protocol.labels == "online":
-                x = random_resized_crop(x, g, scale=(1.0 / factor, 1.0))
-            if protocol.flip:
-                x = horizontal_flip(x, g)
-            if protocol.cutmix:
-                x, perm, kept = cutmix(x, g)
-            else:
-                perm, kept = torch.arange(len(idx)), 1.0
-            if protocol.labels == "online":
-                x = ctx.shard_batch(x).to(device)
-                with torch.no_grad():
-                    target = torch.softmax(relabel(x) / T, 1)
-            else:
-                p = targets_static[idx]
-                x, target = ctx.shard_batch(x, kept * p + (1 - kept) * p[perm])
-                x, target = x.to(device), target.to(device)
+            x, target = batches.make(idx, g, relabel)
             log_p = F.log_softmax(ddp_model(x) / T, 1)
             # batch-mean KL over the global batch: each rank's share, summed by DDP's average
             loss = F.kl_div(log_p, target, reduction="sum") * ctx.world_size / len(idx)
@@ -193,17 +197,52 @@ def train_student(
         shown = point.get("test_accuracy", point.get("probe_accuracy"))
         if shown is not None:
             bar.set_postfix(acc=f"{shown:.4f}")
-        if (
-            state_path is not None
-            and ctx.is_main
-            and ((epoch + 1) % save_every == 0 and epoch + 1 < protocol.epochs)
-        ):
+        last = epoch + 1 == protocol.epochs
+        if state_path is not None and ctx.is_main and (epoch + 1) % save_every == 0 and not last:
             _save_state(state_path, epoch + 1, run.curve, model, opt)
         ctx.barrier()
     bar.close()
     run.accuracy = run.curve[-1]["test_accuracy"]
     run.model = model
     return run
+
+
+@dataclass
+class _Batches:
+    """A training batch as the protocol makes it: augmented images and their targets."""
+
+    distilled: DistilledSet
+    protocol: ProtocolConfig
+    targets_static: torch.Tensor | None
+    ctx: Context
+    device: torch.device
+
+    def make(self, idx: torch.Tensor, g: torch.Generator, relabel) -> tuple[torch.Tensor, ...]:
+        protocol, factor = self.protocol, self.distilled.factor
+        raw = self.distilled.images[idx]
+        if protocol.autoaugment:
+            raw = _autoaugment(raw, g)
+        x = to_float(raw)
+        # the per-patch views need labels made for the view: the teacher's, or a hard label
+        per_view = protocol.labels in ("online", "hard")
+        if protocol.shuffle_patches and per_view:
+            x = shuffle_patches(x, factor, g)
+        if protocol.random_resized_crop and per_view:
+            x = random_resized_crop(x, g, scale=(1.0 / factor, 1.0))
+        if protocol.flip:
+            x = horizontal_flip(x, g)
+        if protocol.cutmix:
+            x, perm, kept = cutmix(x, g)
+        else:
+            perm, kept = torch.arange(len(idx)), 1.0
+        if protocol.labels == "online":
+            x = self.ctx.shard_batch(x).to(self.device)
+            with torch.no_grad():
+                target = torch.softmax(relabel(x) / protocol.temperature, 1)
+            return x, target
+        p = self.targets_static[idx]
+        x, target = self.ctx.shard_batch(x, kept * p + (1 - kept) * p[perm])
+        return x.to(self.device), target.to(self.device)
 
 
 def _save_state(path: Path, epoch: int, curve: list[dict], model, opt) -> None:
@@ -228,7 +267,9 @@ def _load_state(path: Path, model, opt) -> tuple[int, list[dict]]:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
     except (SafetensorError, OSError) as err:
-        raise UserError(f"{path}: unreadable resume state ({err}); use --overwrite") from err
+        raise UserError(
+            f"{path}: unreadable resume state ({err}); start this evaluation again"
+        ) from err
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for name, p in model.named_parameters():
         state = {}

@@ -71,6 +71,24 @@ def epoch_paths(out_dir: Path, epoch: int) -> tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
+# what a teacher run writes into its folder; anything else there belongs to someone else
+RUN_FILE = re.compile(
+    r"^(config\.json|train_log\.jsonl|(epoch|optimizer)_\d{4,}\.(json|safetensors))$"
+)
+
+
+def foreign_file(out_dir: Path) -> Path | None:
+    """The first thing in ``out_dir`` that a teacher run did not write, or None."""
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        return out_dir
+    for p in sorted(out_dir.iterdir()):
+        if p.is_dir() or not RUN_FILE.match(p.name):
+            return p
+    return None
+
+
 def completed_epochs(out_dir: Path) -> list[int]:
     if not out_dir.is_dir():
         return []

@@ -46,7 +46,7 @@ from infoutil.io.outputs import (  # noqa: F401  (re-exported: readers of a set 
     VARYING_FILES,
     staging_dir,
 )
-from infoutil.runtime import fault_point
+from infoutil.runtime import RunContext, fault_point
 
 
 def class_folder(index: int, name: str) -> str:
@@ -153,15 +153,14 @@ def load_distilled(
     path: str | os.PathLike,
     *,
     verify: bool = True,
-    data_root: str | None = None,
-    cache_dir: str | None = None,
+    run: RunContext | None = None,
 ) -> DistilledSet:
     """Open a distilled set; an incomplete or corrupted directory is refused in one line.
 
     The ``full`` baseline stores no images: it names the whole training set, which is loaded
-    from ``data_root``.
+    from the run's data root.
     """
-    path = Path(path)
+    path, run = Path(path), run or RunContext()
     if verify:
         verify_complete(path)
     try:
@@ -183,8 +182,8 @@ def load_distilled(
         train = load_dataset(
             info.name,
             "train",
-            data_root,
-            cache_dir=cache_dir,
+            run.data_root,
+            cache_dir=run.cache_dir,
             validation=validation,
             image_size=info.image_size,
         )

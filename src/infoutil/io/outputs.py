@@ -22,6 +22,8 @@ from infoutil.errors import UserError
 COMPLETE = "COMPLETE.json"
 DISTILLED_FORMAT = "infoutil-distilled/1"
 VARYING_FILES = ("run_stats.json",)
+# drawn beside a finished output from its own files (an evaluation's curves): replaceable
+DERIVED_FILES = ("curve.png",)
 KINDS = {"distill": "distilled set", "evaluate": "evaluation"}
 
 
@@ -58,7 +60,7 @@ def not_replaceable(out: Path, command: str) -> str | None:
         return f"its {COMPLETE} is unreadable"
     for f in files:
         rel = str(f.relative_to(out))
-        if rel not in listed and rel != COMPLETE and rel not in VARYING_FILES:
+        if rel not in listed and rel not in (COMPLETE, *VARYING_FILES, *DERIVED_FILES):
             return f"it holds {rel}, which the {kind} did not write"
     return None
 
@@ -122,7 +124,8 @@ def prepare_output(
                 f"{stage}: an interrupted run left this; pass --resume to continue "
                 "it, or --overwrite to start again"
             )
-        elif json.loads((stage / "config.json").read_text()) != config:
+        # compared as JSON: a tuple in the options reads back as a list
+        elif json.loads((stage / "config.json").read_text()) != json.loads(json.dumps(config)):
             raise UserError(
                 f"{stage}: --resume with different options than the "
                 "interrupted run; use the same options, or --overwrite"

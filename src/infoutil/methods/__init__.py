@@ -26,7 +26,7 @@ from infoutil.io.lock import output_lock
 from infoutil.io.outputs import COMPLETE, finish_output, prepare_output
 from infoutil.methods import baselines, infoutil, rded
 from infoutil.methods.common import MethodContext, Selection, assemble, soft_labels
-from infoutil.runtime import StageTimer, peak_rss_mib, resolve_device, warn
+from infoutil.runtime import RunContext, StageTimer, peak_rss_mib, warn
 from infoutil.selection.diagnostics import selection_diagnostics, summary_line
 from infoutil.selection.diagnostics import warning as diagnostics_warning
 
@@ -46,33 +46,30 @@ def distill(
     out: str | Path,
     *,
     label_teacher: str | Path | None = None,
-    data_root: str | None = None,
-    cache_dir: str | None = None,
+    run: RunContext | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
-    device: str | None = None,
 ) -> Path:
     """Distill ``cfg.dataset`` with ``cfg.method`` and write the set to ``out``.
 
     Under torchrun every rank scores its share of the candidates and rank 0 writes ``out``.
     """
-    out = Path(out)
+    out, run = Path(out), run or RunContext()
     if cfg.method not in ALL_METHODS:
         raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(ALL_METHODS)}")
     ctx = distributed.context()
     start = time.perf_counter()
     # teachers are checked against the dataset's shape before any image is decoded
-    expected = dataset_info(cfg.dataset, data_root, cfg.image_size)
+    expected = dataset_info(cfg.dataset, run.data_root, cfg.image_size)
     judge = load_teacher(teacher, expect=expected)
     labeller = judge if label_teacher is None else load_teacher(label_teacher, expect=expected)
-    train = load_split_of(cfg, "train", data_root, cache_dir)
+    train = load_split_of(cfg, "train", run.data_root, run.cache_dir)
     check_teacher_fits(judge.info, train.info, str(judge.path))
     check_teacher_fits(labeller.info, train.info, str(labeller.path))
-    compute = resolve_device(device)
+    compute = run.compute
     judge.model.to(compute)
     labeller.model.to(compute)
-    store_root = resolve_cache_dir(cache_dir) / "scores"
+    store_root = resolve_cache_dir(run.cache_dir) / "scores"
     timer = StageTimer()
 
     stage = None
@@ -83,12 +80,8 @@ def distill(
                 try:
                     stack.enter_context(output_lock(out))
                     config = _run_config(cfg, teacher, label_teacher)
-                    inputs = (
-                        teacher,
-                        label_teacher,
-                        resolve_data_root(data_root),
-                        store_root.parent,
-                    )
+                    inputs = (teacher, label_teacher, resolve_data_root(run.data_root))
+                    inputs = (*inputs, store_root.parent)
                     stage = prepare_output(
                         out, resume=resume, overwrite=overwrite, config=config, inputs=inputs
                     )
@@ -97,7 +90,7 @@ def distill(
             problem = ctx.broadcast_object(problem)  # every rank stops on rank 0's refusal
             if problem is not None:
                 raise UserError(problem)
-            mc = MethodContext(cfg, train, judge, store_root, timer, ctx, progress, compute)
+            mc = MethodContext(cfg, train, judge, store_root, timer, ctx, run.progress, compute)
             selection = None if cfg.method == "full" else METHODS[cfg.method](mc)
             if ctx.is_main:
                 _write(stage, out, cfg, train, judge, labeller, selection, timer, start)
@@ -195,7 +188,8 @@ def _write(
         + summary_line(diagnostics),
         flush=True,
     )
-    problem = diagnostics_warning(diagnostics)
+    rule = cfg.utility.select if cfg.method == "infoutil" else None
+    problem = diagnostics_warning(diagnostics, judge.meta.get("test_accuracy"), rule)
     if problem:
         warn(problem)
 

@@ -21,7 +21,7 @@ from infoutil.methods.common import (
 )
 from infoutil.runtime import generator
 from infoutil.selection.crops import crop_and_resize, random_window_box
-from infoutil.selection.diagnostics import ScoredPatches
+from infoutil.selection.scored import ScoredPatches
 
 
 def select_random(mc: MethodContext) -> Selection:
@@ -38,7 +38,7 @@ def select_random(mc: MethodContext) -> Selection:
     per_class = mc.cfg.ipc * (f * f if windows else 1)
     side = max(1, info.image_size // f)  # a window's side, native pixels
     counts = [int((mc.train.targets == c).sum()) for c in range(info.num_classes)]
-    check_supply(counts, per_class, info, "images", "lower --ipc")
+    check_supply(counts, per_class, info, "images", "lower ipc")
     patches = []
     for c in range(info.num_classes):
         idx = mc.train.class_indices(c)
@@ -136,7 +136,7 @@ def _coreset(mc: MethodContext, pick) -> Selection:
         cfg.ipc,
         info,
         "candidates",
-        "lower --ipc or raise --candidates-per-class",
+        "lower ipc or raise candidates_per_class",
     )
     feats, pool = _pool_features(mc)
     box, patches = full_box(info), []

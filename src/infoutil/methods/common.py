@@ -28,7 +28,7 @@ from infoutil.distributed import Context
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import Teacher
 from infoutil.runtime import StageTimer, fault_point, progress, warn
-from infoutil.selection.diagnostics import ScoredPatches
+from infoutil.selection.scored import ScoredPatches
 
 
 @dataclass
@@ -111,7 +111,7 @@ def candidate_pool(train: ImageDataset, per_class: int, seed: int) -> torch.Tens
     for c in torch.nonzero(counts < per_class).flatten().tolist():
         warn(
             f"class {train.info.class_names[c]!r} has only {int(counts[c])} images, fewer than "
-            f"--candidates-per-class {per_class}; using all of them"
+            f"candidates_per_class {per_class}; using all of them"
         )
     return per_class_sample(train.targets, train.info.num_classes, per_class, seed)
 

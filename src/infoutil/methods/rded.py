@@ -28,7 +28,7 @@ from infoutil.methods.common import (
     resize_to,
 )
 from infoutil.selection.crops import crop_and_resize, rded_crops
-from infoutil.selection.diagnostics import ScoredPatches
+from infoutil.selection.scored import ScoredPatches, true_class_prob
 from infoutil.selection.utility import top_k_per_class
 
 
@@ -54,13 +54,10 @@ def select(mc: MethodContext) -> Selection:
             crops = resize_to(crops, (size, size))
         y = train.targets[idx].repeat_interleave(k).to(crops.device)
         logits = torch.cat(
-            [
-                model(crops[s : s + mc.forward_batch])
-                for s in range(0, len(crops), mc.forward_batch)
-            ]
+            [model(crops[s : s + mc.forward_batch]) for s in range(0, len(crops), mc.forward_batch)]
         ).float()
         losses = F.cross_entropy(logits, y, reduction="none").to(torch.float64)
-        prob = torch.softmax(logits.double(), 1).gather(1, y[:, None])[:, 0]
+        prob = true_class_prob(logits, y)
         shape = (len(idx), k)
         return {
             "boxes": boxes,
@@ -76,7 +73,7 @@ def select(mc: MethodContext) -> Selection:
         need,
         info,
         "candidates",
-        "lower --ipc or raise --candidates-per-class",
+        "lower ipc or raise candidates_per_class",
     )
     scored = chunked_scores(
         mc,

@@ -15,6 +15,7 @@ subsets, ImageNet's index order, which is the sorted wnids: the order infoutil l
 
 from __future__ import annotations
 
+import pickle
 import re
 import warnings
 from collections.abc import Callable
@@ -30,6 +31,12 @@ WNID = re.compile(r"^n\d{8}$")
 LAYOUTS = ("auto", "infoutil", "torchvision", "timm", "rded")
 
 
+def _first_line(err: Exception) -> str:
+    """An exception's first line, whole (torch's reasons run over several sentences)."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a weights file, without running code from it."""
     if not path.is_file():
@@ -42,14 +49,21 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:
             raise UserError(f"{path}: unreadable safetensors file ({err})") from err
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty; download it again")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about protocols before refusing
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError and friends for unsafe content
-        first = str(err).strip().split(".")[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError as err:  # weights_only refused what the pickle would build
         raise UserError(
-            f"{path}: refused to load (only plain tensors are accepted, no pickled code): {first}"
+            f"{path}: refused to load: it holds pickled objects other than tensors, which could "
+            f"run code (torch: {_first_line(err)})"
+        ) from err
+    except Exception as err:  # a truncated zip, a file that is not a torch save, ...
+        raise UserError(
+            f"{path}: cannot read it as a torch file; it may be truncated or not a weights "
+            f"file: download it again (torch: {_first_line(err)})"
         ) from err
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "model_state_dict"):  # RDED, Lightning, others
@@ -217,9 +231,17 @@ def map_weights(
                 f"{want[0]}; name the class list the weights were trained on"
             )
         if tuple(value.shape) != want:
+            stem = ""
+            if target.startswith("net.stem.") and len(want) == 4 and want[-1] != value.shape[-1]:
+                stem = (
+                    f"; for inputs of 64 px and below our {arch} uses the small-image stem (3x3, "
+                    "stride 1, no max-pool) where ImageNet weights have a 7x7 stride-2 one: "
+                    "import at --image-size 65 or more (224 as trained), or use weights "
+                    "trained with the small stem"
+                )
             raise UserError(
                 f"{label}: tensor {key!r} has shape {tuple(value.shape)}, {arch} needs "
-                f"{tuple(ours[target].shape)} for {target!r}"
+                f"{tuple(ours[target].shape)} for {target!r}{stem}"
             )
         mapped[target] = value.to(ours[target].dtype)
     for key, value in ours.items():
@@ -228,8 +250,22 @@ def map_weights(
         if key in ("mean", "std") or key.endswith("num_batches_tracked"):
             mapped[key] = value  # normalisation comes with the class source, not the file
             continue
-        raise UserError(f"{label}: tensor {key!r} of {arch} is missing (layout {layout})")
+        raise UserError(
+            f"{label}: tensor {_file_name(key, state, rename)!r} is missing from the file "
+            f"(layout {layout}, {arch})"
+        )
     return mapped
+
+
+def _file_name(ours: str, state: dict, rename) -> str:
+    """The name a missing tensor would have in the file: its module's name there (read off a
+    sibling tensor that is present) and its own leaf; ours where no sibling tells."""
+    parent, _, leaf = ours.rpartition(".")
+    for key in state:
+        target = rename(key)
+        if target is not None and target.rpartition(".")[0] == parent:
+            return f"{key.rpartition('.')[0]}.{leaf}"
+    return ours
 
 
 # ---------------------------------------------------------------- classes and normalisation

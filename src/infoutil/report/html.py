@@ -27,10 +27,18 @@ from infoutil.evaluation.compare import (
     summary_rows,
 )
 from infoutil.io.distilled import load_distilled
-from infoutil.report.plots import _plt, image_grid, plot_accuracy_vs_ipc, save_figure
+from infoutil.report.plots import (
+    _plt,
+    image_grid,
+    plot_accuracy_vs_ipc,
+    plot_results_curves,
+    save_figure,
+)
 from infoutil.selection.diagnostics import summary_line
+from infoutil.selection.diagnostics import warning as diagnostics_warning
 
 CSS = """
+.warn{color:#a33}
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;
 margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
@@ -252,142 +260,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         parts.append(summary)
     nav = []
     if evals:
-        records = collect_results(evals)
-        rows = summary_rows(records)
         nav.append('<a href="#results">results</a>')
-        body = [
-            '<h2 id="results">Evaluation results</h2>',
-            '<p class="note">Top-1 on the real test set, the last epoch of each student, '
-            "mean +- std over seeds.</p>",
-            _md_table_to_html(markdown_table(rows)),
-        ]
-        groups = sorted({(r["dataset"], r["student"]) for r in rows})
-        for dataset, student in groups:
-            subset = [
-                r
-                for r in rows
-                if (r["dataset"], r["student"]) == (dataset, student) and r["ipc"] is not None
-            ]
-            name = f"accuracy_{dataset}_{student}.png".replace(":", "_").replace("/", "_")
-            plot_accuracy_vs_ipc(subset, figs / name, f"{dataset}, student {student}")
-            body.append(
-                _figure(
-                    f"figures/{name}",
-                    f"accuracy against IPC, {dataset}, student {student} (mean +- std)",
-                )
-            )
-        for rec in records:
-            curve = Path(rec["source"]).parent / "curve.png"
-            if curve.is_file():
-                name = f"curve_{rec['method']}_{rec['ipc']}_{rec['student']}.png"
-                atomic_write_bytes(figs / name, curve.read_bytes())
-                body.append(
-                    _figure(
-                        f"figures/{name}",
-                        f"training curve: {rec['method']} IPC {rec['ipc']} -> {rec['student']}",
-                    )
-                )
-        parts += body
+        parts += _results_section(evals, figs)
     for d in sets:
-        ds = load_distilled(d, verify=True) if not _is_full(d) else None
-        manifest = json.loads((d / "manifest.json").read_text())
-        anchor = f"set-{manifest['method']}-{manifest['ipc']}"
-        nav.append(
-            f'<a href="#{anchor}">{html.escape(manifest["method"])} IPC {manifest["ipc"]}</a>'
-        )
-        parts.append(
-            f'<h2 id="{anchor}">Distilled set: {html.escape(manifest["method"])}, '
-            f"{html.escape(manifest['dataset']['name'])}, IPC {manifest['ipc']}</h2>"
-        )
-        stats = (
-            json.loads((d / "run_stats.json").read_text())
-            if (d / "run_stats.json").is_file()
-            else {}
-        )
-        teacher = manifest["teacher"]
-        parts.append(
-            _table(
-                {
-                    "directory": str(d),
-                    "method": manifest["method"],
-                    "seed": manifest["seed"],
-                    "images": manifest.get("num_images"),
-                    "factor": manifest.get("factor"),
-                    "teacher": f"{teacher['arch']} epoch {teacher['epoch']}, test accuracy "
-                    f"{teacher.get('test_accuracy')}, sha256 {teacher['weights_sha256'][:16]}",
-                    "label teacher": f"epoch {manifest['label_teacher']['epoch']} of "
-                    f"{manifest['label_teacher']['path']}",
-                    "time per stage (s)": ", ".join(
-                        f"{st['stage']} {st['seconds']:.1f}" for st in stats.get("stages", [])
-                    ),
-                    "teacher forwards per stage": ", ".join(
-                        f"{st['stage']} {st['teacher_forwards']:,}"
-                        for st in stats.get("stages", [])
-                    ),
-                    "total time (s)": stats.get("total_seconds"),
-                    "peak memory (MiB RSS)": stats.get("peak_rss_mib"),
-                }
-            )
-        )
-        tag = f"{manifest['method']}_ipc{manifest['ipc']}"
-        diag = manifest.get("diagnostics")
-        if diag:
-            diagnostics_figure(diag, figs / f"diagnostics_{tag}.png")
-            parts += [
-                "<h3>What the teacher thinks of the selected patches</h3>",
-                f"<p class='note'>{html.escape(summary_line(diag))}. Measured with the "
-                "scoring teacher on each patch exactly as it was scored, beside the whole "
-                "candidate pool for contrast.</p>",
-                diagnostics_table(diag),
-                _figure(
-                    f"figures/diagnostics_{tag}.png",
-                    "teacher top-1 per class (selected against the pool), and the classes it "
-                    "predicts for the selected patches",
-                ),
-            ]
-        if ds is not None:
-            distilled_grid_figure(ds, figs / f"images_{tag}.png")
-            parts.append(
-                _figure(f"figures/images_{tag}.png", "the distilled images, one row per class")
-            )
-        scores_file = d / "scores.safetensors"
-        if scores_file.is_file():
-            scores = load_file(str(scores_file))
-            info = ds.info if ds is not None else None
-            if "pooled" in scores and "sample" in scores and info is not None:
-                candidates_figure(scores, info, figs / f"candidates_{tag}.png")
-                parts.append(
-                    _figure(
-                        f"figures/candidates_{tag}.png",
-                        "sample candidates: Shapley heatmap over the image (red helps the true "
-                        "class, blue hurts), the pooled map (one cell per crop window) with its "
-                        "argmax, and the crops (dashed orange: the noisy crops, solid red: the "
-                        "noise-free one)",
-                    )
-                )
-            elif manifest["method"] == "infoutil":
-                parts.append(
-                    "<p class='note'>No attribution maps: the crop window is the whole image "
-                    "(the default, factor 1, at every resolution), so the informativeness stage "
-                    "had no position to choose and computed none; the selection is by the "
-                    "utility rule alone. At 128 px (ImageWoof) whole images chosen this way "
-                    "beat quarters placed by the Shapley map by 6 points on validation, and "
-                    "rded and random real images by 6-7 points on the test set at IPC 10 "
-                    "(docs/method.md, <i>At high resolution</i>).</p>"
-                )
-            if "grad_norm" in scores and info is not None:
-                grad_norm_figure(scores, info, figs / f"gradnorm_{tag}.png")
-                parts.append(
-                    _figure(
-                        f"figures/gradnorm_{tag}.png",
-                        "utility: gradient norms of every crop, per class",
-                    )
-                )
-        parts.append(
-            "<h3>Configuration</h3><pre>"
-            + html.escape(json.dumps(manifest["config"], indent=2))
-            + "</pre>"
-        )
+        link, section = _set_section(d, figs)
+        nav.append(link)
+        parts += section
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>infoutil report</title>"
         f"<style>{CSS}</style></head><body><nav>{''.join(nav)}</nav>"
@@ -396,6 +274,145 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     )
     atomic_write_bytes(out / "report.html", page.encode())
     return out / "report.html"
+
+
+def _results_section(evals: list[Path], figs: Path) -> list[str]:
+    """The table of every evaluation, accuracy against IPC, and each run's curves."""
+    records = collect_results(evals)
+    rows = summary_rows(records)
+    body = [
+        '<h2 id="results">Evaluation results</h2>',
+        '<p class="note">Top-1 on the real test set, the last epoch of each student, '
+        "mean +- std over seeds.</p>",
+        _md_table_to_html(markdown_table(rows)),
+    ]
+    groups = sorted({(r["dataset"], r["student"]) for r in rows})
+    for dataset, student in groups:
+        subset = [
+            r
+            for r in rows
+            if (r["dataset"], r["student"]) == (dataset, student) and r["ipc"] is not None
+        ]
+        name = f"accuracy_{dataset}_{student}.png".replace(":", "_").replace("/", "_")
+        plot_accuracy_vs_ipc(subset, figs / name, f"{dataset}, student {student}")
+        body.append(
+            _figure(
+                f"figures/{name}",
+                f"accuracy against IPC, {dataset}, student {student} (mean +- std)",
+            )
+        )
+    for rec in records:
+        if rec.get("curves"):
+            name = f"curve_{rec['method']}_{rec['ipc']}_{rec['student']}.png"
+            plot_results_curves(rec, figs / name.replace(":", "_").replace("/", "_"))
+            body.append(
+                _figure(
+                    f"figures/{name}",
+                    f"training curve: {rec['method']} IPC {rec['ipc']} -> {rec['student']}",
+                )
+            )
+    return body
+
+
+def _set_section(d: Path, figs: Path) -> tuple[str, list[str]]:
+    """(its navigation link, its parts): one distilled set's record, diagnostics and figures."""
+    parts: list[str] = []
+    ds = load_distilled(d, verify=True) if not _is_full(d) else None
+    manifest = json.loads((d / "manifest.json").read_text())
+    anchor = f"set-{manifest['method']}-{manifest['ipc']}"
+    link = f'<a href="#{anchor}">{html.escape(manifest["method"])} IPC {manifest["ipc"]}</a>'
+    parts.append(
+        f'<h2 id="{anchor}">Distilled set: {html.escape(manifest["method"])}, '
+        f"{html.escape(manifest['dataset']['name'])}, IPC {manifest['ipc']}</h2>"
+    )
+    stats = (
+        json.loads((d / "run_stats.json").read_text()) if (d / "run_stats.json").is_file() else {}
+    )
+    teacher = manifest["teacher"]
+    parts.append(
+        _table(
+            {
+                "directory": str(d),
+                "method": manifest["method"],
+                "seed": manifest["seed"],
+                "images": manifest.get("num_images"),
+                "factor": manifest.get("factor"),
+                "teacher": f"{teacher['arch']} epoch {teacher['epoch']}, test accuracy "
+                f"{teacher.get('test_accuracy')}, sha256 {teacher['weights_sha256'][:16]}",
+                "label teacher": f"epoch {manifest['label_teacher']['epoch']} of "
+                f"{manifest['label_teacher']['path']}",
+                "time per stage (s)": ", ".join(
+                    f"{st['stage']} {st['seconds']:.1f}" for st in stats.get("stages", [])
+                ),
+                "teacher forwards per stage": ", ".join(
+                    f"{st['stage']} {st['teacher_forwards']:,}" for st in stats.get("stages", [])
+                ),
+                "total time (s)": stats.get("total_seconds"),
+                "peak memory (MiB RSS)": stats.get("peak_rss_mib"),
+            }
+        )
+    )
+    tag = f"{manifest['method']}_ipc{manifest['ipc']}"
+    diag = manifest.get("diagnostics")
+    if diag:
+        diagnostics_figure(diag, figs / f"diagnostics_{tag}.png")
+        parts += [
+            "<h3>What the teacher thinks of the selected patches</h3>",
+            f"<p class='note'>{html.escape(summary_line(diag))}. Measured with the "
+            "scoring teacher on each patch exactly as it was scored, beside the whole "
+            "candidate pool for contrast.</p>",
+            *_warning_note(diag, manifest),
+            diagnostics_table(diag),
+            _figure(
+                f"figures/diagnostics_{tag}.png",
+                "teacher top-1 per class (selected against the pool), and the classes it "
+                "predicts for the selected patches",
+            ),
+        ]
+    if ds is not None:
+        distilled_grid_figure(ds, figs / f"images_{tag}.png")
+        parts.append(
+            _figure(f"figures/images_{tag}.png", "the distilled images, one row per class")
+        )
+    scores_file = d / "scores.safetensors"
+    if scores_file.is_file():
+        scores = load_file(str(scores_file))
+        info = ds.info if ds is not None else None
+        if "pooled" in scores and "sample" in scores and info is not None:
+            candidates_figure(scores, info, figs / f"candidates_{tag}.png")
+            parts.append(
+                _figure(
+                    f"figures/candidates_{tag}.png",
+                    "sample candidates: Shapley heatmap over the image (red helps the true "
+                    "class, blue hurts), the pooled map (one cell per crop window) with its "
+                    "argmax, and the crops (dashed orange: the noisy crops, solid red: the "
+                    "noise-free one)",
+                )
+            )
+        elif manifest["method"] == "infoutil":
+            parts.append(
+                "<p class='note'>No attribution maps: the crop window is the whole image "
+                "(the default, factor 1, at every resolution), so the informativeness stage "
+                "had no position to choose and computed none; the selection is by the "
+                "utility rule alone. At 128 px (ImageWoof) whole images chosen this way "
+                "beat quarters placed by the Shapley map by 6 points on validation, and "
+                "rded and random real images by 6-7 points on the test set at IPC 10 "
+                "(docs/method.md, <i>At high resolution</i>).</p>"
+            )
+        if "grad_norm" in scores and info is not None:
+            grad_norm_figure(scores, info, figs / f"gradnorm_{tag}.png")
+            parts.append(
+                _figure(
+                    f"figures/gradnorm_{tag}.png",
+                    "utility: gradient norms of every crop, per class",
+                )
+            )
+    parts.append(
+        "<h3>Configuration</h3><pre>"
+        + html.escape(json.dumps(manifest["config"], indent=2))
+        + "</pre>"
+    )
+    return link, parts
 
 
 def _summary(evals: list[Path]) -> str:
@@ -427,3 +444,11 @@ def _md_table_to_html(md: str) -> str:
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body
     )
     return f"<table><tr>{th}</tr>{trs}</table>"
+
+
+def _warning_note(diag: dict, manifest: dict) -> list[str]:
+    """The distil's warning, where it gave one, with the same likely cause."""
+    rule = (manifest.get("config") or {}).get("utility", {}).get("select")
+    rule = rule if manifest.get("method") == "infoutil" else None
+    said = diagnostics_warning(diag, manifest["teacher"].get("test_accuracy"), rule)
+    return [f"<p class='warn'>warning: {html.escape(said)}</p>"] if said else []

@@ -65,6 +65,33 @@ def plot_training_curves(runs: list[dict], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
+def plot_results_curves(results: dict, path: Path) -> None:
+    """An evaluation's ``results.json`` as its training curves, one colour per seed."""
+    title = (
+        f"{results['method']} {results['dataset']} ipc={results['ipc']} -> {results['student']}"
+        f" ({results['protocol']}, {results['epochs']} epochs)"
+    )
+    plot_training_curves(results["curves"], path, title)
+
+
+def plot_compare(rows: list[dict], out: Path) -> list[Path]:
+    """One accuracy-against-IPC figure per dataset and student of a compare table."""
+    written = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        for student in sorted({r["student"] for r in rows if r["dataset"] == dataset}):
+            subset = [
+                r
+                for r in rows
+                if r["dataset"] == dataset and r["student"] == student and r["ipc"] is not None
+            ]
+            if subset:
+                name = f"accuracy_vs_ipc_{dataset}_{student}.png"
+                path = out / name.replace(":", "_").replace("/", "_")
+                plot_accuracy_vs_ipc(subset, path, f"{dataset}, student {student}")
+                written.append(path)
+    return written
+
+
 def series_name(row: dict, varying: set[str]) -> str:
     """A line's name: the method, plus InfoUtil's recipe, plus the split and label teacher
     where the rows differ in them (so different runs never share a line)."""

@@ -40,10 +40,10 @@ def crop_cells(
     pooled: torch.Tensor, sigma: torch.Tensor, num_crops: int, generators: list[torch.Generator]
 ) -> torch.Tensor:
     """Pooled cells ``[B, num_crops]`` (row-major index): noisy argmaxes, then the clean one."""
-    return crop_scores(pooled, sigma, num_crops, generators).argmax(2)  # the first maximum
+    return noisy_window_scores(pooled, sigma, num_crops, generators).argmax(2)  # the first maximum
 
 
-def crop_scores(
+def noisy_window_scores(
     pooled: torch.Tensor, sigma: torch.Tensor, num_crops: int, generators: list[torch.Generator]
 ) -> torch.Tensor:
     """``[B, num_crops, cells]``: the pooled map each crop's argmax is taken over (noisy for
@@ -86,7 +86,7 @@ def settled_crops(
     pooled = maps.flatten(1).to(torch.float64) @ A.T  # [B, c]
     cov = A @ error_cov.to(torch.float64) @ A.T  # [B, c, c]
     sigma = noise_sigma(pooled, alpha, "per_image")
-    scores = crop_scores(pooled, sigma, num_crops, generators)  # [B, K, c]
+    scores = noisy_window_scores(pooled, sigma, num_crops, generators)  # [B, K, c]
     winner = scores.argmax(2)  # [B, K]
     lead = scores.gather(2, winner[..., None]) - scores  # [B, K, c]
     var = cov.diagonal(dim1=1, dim2=2)  # [B, c]

@@ -9,53 +9,12 @@ whole candidate pool are the contrast: a method that keeps patches the teacher g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+
+from infoutil.selection.scored import ScoredPatches
 
 # below this share of teacher-correct selected patches the distill warns
 WARN_BELOW = 0.5
-
-
-@dataclass
-class ScoredPatches:
-    """Patches as the judge teacher scored them, one row each."""
-
-    source: torch.Tensor  # int64 [P]: index of the source training image
-    label: torch.Tensor  # int64 [P]: its class
-    box: torch.Tensor  # int64 [P, 4]: (top, left, height, width) in the source image
-    prob: torch.Tensor  # float64 [P]: the teacher's probability of the true class
-    pred: torch.Tensor  # int64 [P]: the teacher's predicted class
-    noise_free: torch.Tensor | None = None  # bool [P]: InfoUtil's noise-free crop
-
-    def take(self, index: torch.Tensor) -> ScoredPatches:
-        return ScoredPatches(
-            self.source[index],
-            self.label[index],
-            self.box[index],
-            self.prob[index],
-            self.pred[index],
-            None if self.noise_free is None else self.noise_free[index],
-        )
-
-    @classmethod
-    def from_logits(
-        cls,
-        source: torch.Tensor,
-        label: torch.Tensor,
-        box: torch.Tensor,
-        logits: torch.Tensor,
-        noise_free: torch.Tensor | None = None,
-    ) -> ScoredPatches:
-        prob = torch.softmax(logits.to(torch.float64), 1)
-        return cls(
-            source.to(torch.int64),
-            label.to(torch.int64),
-            box.to(torch.int64).reshape(-1, 4),
-            prob.gather(1, label.to(torch.int64)[:, None])[:, 0],
-            logits.argmax(1).to(torch.int64),
-            noise_free,
-        )
 
 
 def _figures(p: ScoredPatches, num_classes: int, image_area: int) -> dict:
@@ -124,15 +83,33 @@ def summary_line(d: dict) -> str:
     return line
 
 
-def warning(d: dict) -> str | None:
-    """A warning when the teacher gets most selected patches wrong; None otherwise."""
-    s = d["selected"]["overall"]
+def warning(d: dict, teacher_accuracy: float | None = None, rule: str | None = None) -> str | None:
+    """A warning when the teacher gets most selected patches wrong, naming the likely cause
+    from the diagnostics: a weak teacher (it reads the pool no better), crops smaller than
+    the image, or a rule that keeps hard images; None when most are right."""
+    s, p = d["selected"]["overall"], d["pool"]["overall"]
     if s.get("patches", 0) == 0 or s["teacher_top1"] >= WARN_BELOW:
         return None
-    return (
+    head = (
         f"the teacher classifies only {100 * s['teacher_top1']:.0f}% of the selected patches "
-        f"correctly (pool: {100 * d['pool']['overall']['teacher_top1']:.0f}%); the set is built "
-        "from patches the teacher finds unlike their class, which usually means the crop is too "
-        "small for the resolution or the utility rule keeps hard examples: students trained on "
-        "it tend to do badly"
+        f"correctly (pool: {100 * p['teacher_top1']:.0f}%)"
     )
+    if p["teacher_top1"] < WARN_BELOW and s["teacher_top1"] >= p["teacher_top1"] - 0.1:
+        test = (
+            "" if teacher_accuracy is None else f" ({100 * teacher_accuracy:.1f}% on its test set)"
+        )
+        cause = (
+            f"the teacher itself reads only {100 * p['teacher_top1']:.0f}% of the candidate "
+            f"pool{test}, so the cause is the teacher, not the selection: a stronger teacher "
+            "(more epochs, or a published one) is the fix"
+        )
+    elif s["mean_area"] < 0.99:
+        cause = (
+            f"the patches cover {100 * s['mean_area']:.0f}% of the image and the teacher reads "
+            "them worse than the pool: the crop is likely too small for the resolution "
+            "(--factor 1 keeps whole images)"
+        )
+    else:
+        named = f"the {rule!r} rule" if rule else "the selection rule"
+        cause = f"{named} keeps whole images the teacher finds hard"
+    return f"{head}; {cause}; students trained on such a set tend to do badly"

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from infoutil.models import Classifier
+from infoutil.selection.scored import true_class_prob
 
 
 def grad_norms(
@@ -378,8 +379,7 @@ def crop_scores(
     if judge is not None and judge is not model:
         with torch.inference_mode():
             logits = judge(crops).float().cpu()
-    prob = torch.softmax(logits.double(), 1).gather(1, labels[:, None])[:, 0]
-    return {"grad_norm": norm, "prob": prob, "pred": logits.argmax(1)}
+    return {"grad_norm": norm, "prob": true_class_prob(logits, labels), "pred": logits.argmax(1)}
 
 
 @torch.inference_mode()

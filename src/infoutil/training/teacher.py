@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import statistics
 import time
 from pathlib import Path
@@ -25,17 +24,23 @@ from infoutil.data import per_class_sample, subset
 from infoutil.data.augment import random_crop_flip, to_float
 from infoutil.data.sources import load_split_of
 from infoutil.errors import UserError
-from infoutil.io.checkpoint import completed_epochs, epoch_paths, save_teacher_epoch
+from infoutil.io.checkpoint import (
+    RUN_FILE,
+    completed_epochs,
+    epoch_paths,
+    foreign_file,
+    save_teacher_epoch,
+)
 from infoutil.io.lock import output_lock
 from infoutil.models import Classifier, create_model
 from infoutil.runtime import (
+    RunContext,
     compiled_or_refused,
     fault_point,
     generator,
     is_main_process,
     precision_autocast,
     progress,
-    resolve_device,
     warn,
 )
 
@@ -64,29 +69,11 @@ def _log_line(out_dir: Path, row: dict) -> None:
         f.write(dumps_json(row).replace(b"\n", b"") + b"\n")
 
 
-# what a teacher run writes into its folder; anything else there belongs to someone else
-_RUN_FILE = re.compile(
-    r"^(config\.json|train_log\.jsonl|(epoch|optimizer)_\d{4,}\.(json|safetensors))$"
-)
-
-
-def _foreign_file(out_dir: Path) -> Path | None:
-    """The first thing in ``out_dir`` that a teacher run did not write, or None."""
-    if not out_dir.exists():
-        return None
-    if not out_dir.is_dir():
-        return out_dir
-    for p in sorted(out_dir.iterdir()):
-        if p.is_dir() or not _RUN_FILE.match(p.name):
-            return p
-    return None
-
-
 def _remove_failed_start(out_dir: Path, created: bool) -> None:
     """Undo a start that finished no epoch: the files this run wrote, and the folder if this
     run made it (nothing else is there: the folder was checked first)."""
     for p in out_dir.iterdir() if out_dir.is_dir() else ():
-        if _RUN_FILE.match(p.name):
+        if RUN_FILE.match(p.name):
             p.unlink(missing_ok=True)
     if created:
         with contextlib.suppress(OSError):
@@ -194,7 +181,7 @@ def _check_out_dir(out_dir: Path, cfg: TeacherConfig, done: list[int], resume: b
             f"{out_dir}: already holds teacher checkpoints (epochs {done[0]}.."
             f"{done[-1]}); pass --resume to continue, or choose another --out"
         )
-    if not done and (foreign := _foreign_file(out_dir)) is not None:
+    if not done and (foreign := foreign_file(out_dir)) is not None:
         raise UserError(
             f"{out_dir}: holds {foreign.name}, which no teacher run wrote; teacher train "
             "writes only into a new or empty folder, or its own run's: choose another --out"
@@ -237,13 +224,10 @@ def train_teacher(
     cfg: TeacherConfig,
     out_dir: str | Path,
     *,
-    data_root: str | None = None,
-    cache_dir: str | None = None,
+    run: RunContext | None = None,
     resume: bool = False,
-    progress_bar: bool = True,
     stop_after: int | None = None,
     reschedule: bool = False,
-    device: str | None = None,
 ) -> dict:
     """Train ``cfg.arch`` on ``cfg.dataset``; returns the last epoch's metadata.
 
@@ -254,8 +238,8 @@ def train_teacher(
     the cosine is recomputed over the new total from the next step on, and the change is
     written to ``train_log.jsonl``. The result is then not the bytes of an uninterrupted run.
     """
-    out_dir = Path(out_dir)
-    train, probe, test = _teacher_data(cfg, data_root, cache_dir)
+    out_dir, run = Path(out_dir), run or RunContext()
+    train, probe, test = _teacher_data(cfg, run.data_root, run.cache_dir)
     if cfg.lr is None:
         cfg = cfg.model_copy(update={"lr": default_lr(cfg.arch, train.info.image_size)})
     ctx = dist_util.context()
@@ -270,20 +254,17 @@ def train_teacher(
                     _log_line(out_dir, rescheduled)
                 atomic_write_json(out_dir / "config.json", cfg.model_dump())
             start = done[-1] if resume and done else 0
-            return _train_epochs(
-                cfg, out_dir, train, probe, test, start, stop_after, progress_bar, device, ctx
-            )
+            return _train_epochs(cfg, out_dir, train, probe, test, start, stop_after, run, ctx)
         except BaseException:
             if ctx.is_main and not completed_epochs(out_dir):
                 _remove_failed_start(out_dir, created)
             raise
 
 
-def _train_epochs(cfg, out_dir, train, probe, test, start, stop_after, progress_bar, device,
-                  ctx) -> dict:  # fmt: skip
+def _train_epochs(cfg, out_dir, train, probe, test, start, stop_after, run, ctx) -> dict:
     """The epochs from ``start`` on: a checkpoint, the optimizer state and a log line each."""
     torch.manual_seed(cfg.seed)
-    compute = resolve_device(device)
+    compute = run.compute
     model: Classifier = create_model(cfg.arch, train.info).to(compute)
     opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     if start:
@@ -304,7 +285,7 @@ def _train_epochs(cfg, out_dir, train, probe, test, start, stop_after, progress_
     last = cfg.epochs if stop_after is None else min(cfg.epochs, start + stop_after)
     for epoch in range(start, last):
         t0 = time.perf_counter()
-        loss = _one_epoch(cfg, epoch, train, ddp_model, opt, watch, compute, ctx, progress_bar)
+        loss = _one_epoch(cfg, epoch, train, ddp_model, opt, watch, compute, ctx, run.progress)
         train_seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "loss": loss}
         row["probe_accuracy"] = ctx.sharded_accuracy(eval_model, probe, cfg.batch_size)
@@ -339,7 +320,7 @@ def _train_epochs(cfg, out_dir, train, probe, test, start, stop_after, progress_
             row.update(seconds=round(seconds, 2), train_seconds=round(train_seconds, 2),
                        train_images_per_second=round(rate, 1))  # fmt: skip
             _log_line(out_dir, row)
-            if is_main_process() and progress_bar:
+            if is_main_process() and run.progress:
                 shown = ", ".join(
                     f"{k.split('_')[0]} accuracy {row[k]:.4f}"
                     for k in ("probe_accuracy", "test_accuracy")
