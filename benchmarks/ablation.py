@@ -10,15 +10,12 @@ candidate pool, the Shapley maps (cached) and the evaluation protocol.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 
 from infoutil.config import PROTOCOLS, DistillConfig
 from infoutil.evaluation.compare import compare
-from infoutil.evaluation.run import evaluate
-from infoutil.io.distilled import COMPLETE
-from infoutil.methods import distill
+from infoutil.pipeline import Cell, run_cell
+from infoutil.runtime import RunContext
 
 VARIANTS = {
     "paper-defaults": {},
@@ -44,35 +41,12 @@ def main() -> None:
     args = ap.parse_args()
     work, results = Path(args.work), Path(args.results)
     protocol = PROTOCOLS["rded"].model_copy(update={"epochs": args.epochs})
+    run = RunContext(data_root=args.data_root)
     for name in args.variants:
         cfg = DistillConfig(method="infoutil", dataset=args.dataset, ipc=args.ipc, **VARIANTS[name])
-        distilled = work / "distilled" / name
-        if not (distilled / COMPLETE).is_file():
-            distill(
-                cfg,
-                args.teacher,
-                distilled,
-                data_root=args.data_root,
-                resume=True,
-                overwrite=distilled.exists(),
-            )
-        out = work / "eval" / name
-        if not (out / COMPLETE).is_file():
-            evaluate(
-                distilled,
-                out,
-                protocol=protocol,
-                seeds=list(range(args.seeds)),
-                data_root=args.data_root,
-                resume=True,
-                overwrite=out.exists(),
-            )
-        dest = results / name
-        dest.mkdir(parents=True, exist_ok=True)
-        record = json.loads((out / "results.json").read_text())
-        record["method"] = f"infoutil:{name}"
-        (dest / "results.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        shutil.copy(out / "curve.png", dest / "curve.png")
+        cell = Cell(name, cfg, args.teacher, protocol=protocol, seeds=args.seeds, evaluation=name,
+                    label=f"infoutil:{name}")  # fmt: skip
+        run_cell(cell, work, run, results)
     compare([results], results / "table")
     print((results / "table" / "results.md").read_text())
 

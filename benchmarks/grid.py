@@ -12,16 +12,13 @@ go under --results; distilled sets and scores stay under --work.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import time
 from pathlib import Path
 
 from infoutil.config import PROTOCOLS, DistillConfig
 from infoutil.evaluation.compare import compare
-from infoutil.evaluation.run import evaluate
-from infoutil.io.distilled import COMPLETE
-from infoutil.methods import distill
+from infoutil.pipeline import Cell, run_cell
+from infoutil.report.plots import plot_compare
+from infoutil.runtime import RunContext
 
 
 def main() -> None:
@@ -42,52 +39,25 @@ def main() -> None:
     args = ap.parse_args()
 
     work, results = Path(args.work), Path(args.results)
-    timings = {}
+    run = RunContext(data_root=args.data_root)
     for method in args.methods:
         for ipc in [1] if method == "full" else args.ipc:
             name = f"{method}-ipc{ipc}" if method != "full" else "full"
-            distilled = work / "distilled" / name
-            if not (distilled / COMPLETE).is_file():
-                cfg = DistillConfig(
-                    method=method,
-                    dataset=args.dataset,
-                    ipc=ipc,
-                    candidates_per_class=args.candidates_per_class,
-                )
-                t0 = time.perf_counter()
-                distill(
-                    cfg,
-                    args.teacher,
-                    distilled,
-                    label_teacher=args.label_teacher,
-                    data_root=args.data_root,
-                    resume=True,
-                    overwrite=distilled.exists(),
-                )
-                timings[name] = time.perf_counter() - t0
+            cfg = DistillConfig(
+                method=method,
+                dataset=args.dataset,
+                ipc=ipc,
+                candidates_per_class=args.candidates_per_class,
+            )
             epochs = args.full_epochs if method == "full" else args.epochs
             protocol = PROTOCOLS["rded"].model_copy(update={"epochs": epochs})
-            out = work / "eval" / f"{name}-{args.student}"
-            if not (out / COMPLETE).is_file():
-                evaluate(
-                    distilled,
-                    out,
-                    student=args.student,
-                    protocol=protocol,
-                    seeds=list(range(args.seeds)),
-                    data_root=args.data_root,
-                    resume=True,
-                    overwrite=out.exists(),
-                )
-            dest = results / f"{name}-{args.student}"
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy(out / "results.json", dest / "results.json")
-            shutil.copy(out / "curve.png", dest / "curve.png")
-            stats = json.loads((distilled / "run_stats.json").read_text())
-            (dest / "distill_run_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+            cell = Cell(name, cfg, args.teacher, args.label_teacher, args.student, protocol,
+                        args.seeds)  # fmt: skip
+            run_cell(cell, work, run, results)
     rows = compare([results], results / "table")
+    plot_compare(rows, results / "table")
     print((results / "table" / "results.md").read_text())
-    print(json.dumps(timings, indent=2), len(rows))
+    print(len(rows), "rows")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -165,6 +164,14 @@ def _high_resolution_variants() -> dict[str, tuple[str, dict]]:
     }
     for rule in ("highest", "lowest", "strata", "badge"):  # cluster is the default's
         v[f"default-{rule}"] = default(utility={"select": rule})
+    # issue "Three label regimes": the difficulty of the kept whole images (the default is
+    # the easiest of each feature group); CAD-Prune argues the best depends on the budget
+    v["whole-hardest"] = ("infoutil", {"recipe": "default", "utility": {"select": "highest"}})
+    for q in (0.25, 0.5, 0.75):
+        v[f"whole-quantile{int(100 * q)}"] = (
+            "infoutil",
+            {"recipe": "default", "utility": {"select": "quantile", "quantile": q}},
+        )
     return v
 
 
@@ -180,81 +187,53 @@ VARIANTS = _variants()
 
 
 def run_one(job: dict) -> dict:
-    """Distill one variant (if not done) and measure it on the validation split."""
+    """Distill one variant (if not done) and measure it on the job's split."""
     import torch
 
     torch.set_num_threads(1)
     from infoutil.config import PROTOCOLS, DistillConfig
-    from infoutil.evaluation.run import evaluate
-    from infoutil.io.distilled import COMPLETE
-    from infoutil.methods import distill
+    from infoutil.pipeline import Cell, run_cell
+    from infoutil.runtime import RunContext
 
     name, ipc, work = job["variant"], job["ipc"], Path(job["work"])
     method, options = VARIANTS[name]
     options = with_map_engine(method, options, job["map_engine"])
     labels = f"-labels-{job['label_name']}" if job["label_teacher"] else ""
     tag = f"{name}-ipc{ipc}{labels}"
-    distilled = work / "distilled" / tag
-    if not (distilled / COMPLETE).is_file():
-        cfg = DistillConfig(
-            method=method,
-            dataset=job["dataset"],
-            ipc=ipc,
-            candidates_per_class=job["candidates_per_class"],
-            val_per_class=job["val_per_class"],
-            val_seed=job["val_seed"],
-            **options,
-        )
-        distill(
-            cfg,
-            job["teacher"],
-            distilled,
-            label_teacher=job["label_teacher"],
-            data_root=job["data_root"],
-            resume=True,
-            overwrite=distilled.exists(),
-            progress=False,
-        )
-    protocol = PROTOCOLS["rded"].model_copy(
-        update={"epochs": job["epochs"], "compile": job["compile"]}
+    cfg = DistillConfig(
+        method=method,
+        dataset=job["dataset"],
+        ipc=ipc,
+        candidates_per_class=job["candidates_per_class"],
+        val_per_class=job["val_per_class"],
+        val_seed=job["val_seed"],
+        **options,
     )
+    regime = job.get("protocol", "rded")
+    update = {"epochs": job["epochs"], "compile": job["compile"]}
+    if regime == "hard" and job.get("hard_lr") is not None:
+        update["lr"] = job["hard_lr"]
+    protocol = PROTOCOLS[regime].model_copy(update=update)
     split = job["split"]
     epochs = f"-e{job['epochs']}" if job["epochs"] != 100 else ""
-    run = f"{tag}-{split}{epochs}"
-    out = work / "eval" / run
+    epochs += "" if regime == "rded" else f"-{regime}"
     # the test row measures the students that the validation row trained, where they match
     on_val = work / "eval" / f"{tag}-val{epochs}"
-    if not (out / COMPLETE).is_file():
-        evaluate(
-            distilled,
-            out,
-            student=job["student"],
-            protocol=protocol,
-            seeds=list(range(job["seeds"])),
-            data_root=job["data_root"],
-            resume=True,
-            overwrite=out.exists(),
-            progress=False,
-            split=split,
-            students_from=on_val if split != "val" and on_val.is_dir() else None,
-        )
-    dest = Path(job["results"]) / run
-    dest.mkdir(parents=True, exist_ok=True)
-    record = json.loads((out / "results.json").read_text())
-    record["method"] = name if method != "infoutil" else f"infoutil:{name}"
-    record["variant_options"] = options
-    (dest / "results.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    manifest = json.loads((distilled / "manifest.json").read_text())
-    diag = manifest["diagnostics"]
-    (dest / "diagnostics.json").write_text(json.dumps(diag, indent=2, sort_keys=True) + "\n")
-    # the distil's cost per stage, beside the accuracy (cached stages count as they first ran)
-    stats = json.loads((distilled / "run_stats.json").read_text())
-    (dest / "run_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-    shutil.copy(out / "curve.png", dest / "curve.png")
+    cell = Cell(
+        tag, cfg, job["teacher"], job["label_teacher"], job["student"], protocol, job["seeds"],
+        split, evaluation=f"{tag}-{split}{epochs}",
+        students_from=on_val if split != "val" and on_val.is_dir() else None,
+        label=name if method != "infoutil" else f"infoutil:{name}",
+        extra={"variant_options": options},
+    )  # fmt: skip
+    record = run_cell(cell, work, RunContext(data_root=job["data_root"], progress=False),
+                      Path(job["results"]))  # fmt: skip
+    diag = json.loads((work / "distilled" / tag / "manifest.json").read_text())["diagnostics"]
     sel = diag["selected"]["overall"]
     print(
-        f"{run}: {100 * record['mean']:.2f} +- {100 * record['std']:.2f} | teacher top-1 "
-        f"on selected {100 * sel['teacher_top1']:.1f}%, prob {sel['mean_true_class_prob']:.2f}",
+        f"{cell.eval_name}: {100 * record['mean']:.2f} +- {100 * record['std']:.2f} | teacher "
+        f"top-1 on selected {100 * sel['teacher_top1']:.1f}%, prob "
+        f"{sel['mean_true_class_prob']:.2f}",
         flush=True,
     )
     return {"variant": name, "ipc": ipc, "mean": record["mean"], "std": record["std"]}
@@ -275,6 +254,8 @@ def table(results: Path) -> list[dict]:
                 "run": f.parent.name,
                 "method": r["method"],
                 "ipc": r["ipc"],
+                "protocol": r.get("protocol", "rded"),
+                "lr": r.get("lr"),
                 "split": r.get("split"),
                 "seeds": len(r["seeds"]),
                 "mean": r["mean"],
@@ -292,7 +273,7 @@ def table(results: Path) -> list[dict]:
                 "options": r.get("variant_options"),
             }
         )
-    rows.sort(key=lambda r: (r["ipc"], -r["mean"]))
+    rows.sort(key=lambda r: (r["protocol"], r["ipc"], -r["mean"]))
     return rows
 
 
@@ -350,6 +331,15 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--work")
     ap.add_argument("--results", required=True)
+    ap.add_argument(
+        "--protocols", default="rded", help="label regimes, comma-separated: rded, static, hard"
+    )
+    ap.add_argument(
+        "--hard-lr",
+        type=float,
+        default=None,
+        help="the hard regime's lr (default: chosen on the validation split for each set)",
+    )
     ap.add_argument("--list", action="store_true", help="print the variants and stop")
     ap.add_argument("--table-only", action="store_true", help="rebuild the tables and stop")
     args = ap.parse_args()
@@ -386,10 +376,16 @@ def main() -> None:
         )
     }
     base["compile"] = args.compile
+    base["hard_lr"] = args.hard_lr
     base["map_engine"] = {
         k: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in args.map_engine)
     }
-    jobs = [dict(base, variant=n, ipc=ipc) for ipc in args.ipc for n in names]
+    jobs = [
+        dict(base, variant=n, ipc=ipc, protocol=p)
+        for p in args.protocols.split(",")
+        for ipc in args.ipc
+        for n in names
+    ]
     if args.workers > 1:
         import multiprocessing
 
@@ -407,12 +403,13 @@ def grid_markdown(rows: list[dict]) -> str:
     column per IPC."""
     cells: dict[str, dict[int, str]] = {}
     for r in rows:
-        m = re.fullmatch(r"(.+)-ipc(\d+)(-labels-\w+)?-test(-e\d+)?", r["run"])
+        m = re.fullmatch(r"(.+)-ipc(\d+)(-labels-\w+)?-test(-e\d+)?(-hard|-static)?", r["run"])
         if not m:
             continue
-        name, ipc, labels, epochs = m.groups()
+        name, ipc, labels, epochs, regime = m.groups()
         line = name + (f", labels {labels.removeprefix('-labels-')}" if labels else "")
         line += f", {epochs.removeprefix('-e')} epochs" if epochs else ""
+        line += f", {regime.removeprefix('-')} labels" if regime else ""
         cells.setdefault(line, {})[int(ipc)] = (
             f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} ({r['seeds']})"
         )
