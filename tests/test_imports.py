@@ -132,3 +132,18 @@ def test_no_import_runs_up_a_floor():
         if dst in floor and floor[dst] >= floor[src]
     ]
     assert upward == []
+
+
+def test_no_function_is_over_100_lines():
+    """A function that long hides stages that should each be a call (CLI option declarations
+    count: typer declares options as parameters)."""
+    import ast
+
+    long = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                body = node.end_lineno - node.body[0].lineno + 1  # the signature aside
+                if body > 100:
+                    long.append(f"{path.relative_to(PACKAGE_DIR)}:{node.name} ({body} lines)")
+    assert long == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from infoutil.data.imagenet import display_name
 from infoutil.selection.scored import ScoredPatches
 
 # below this share of teacher-correct selected patches the distill warns
@@ -76,7 +77,7 @@ def summary_line(d: dict) -> str:
         f"(pool {100 * p['teacher_top1']:.1f}%), true-class prob {s['mean_true_class_prob']:.2f} "
         f"(pool {p['mean_true_class_prob']:.2f}), area {100 * s['mean_area']:.0f}% of the image, "
         f"{s['distinct_sources']} sources for {s['patches']} patches, "
-        f"most predicted {top!r} ({100 * share:.0f}%)"
+        f"most predicted {display_name(top)!r} ({100 * share:.0f}%)"
     )
     if "noise_free_share" in s:
         line += f", noise-free {100 * s['noise_free_share']:.0f}%"
