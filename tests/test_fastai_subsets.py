@@ -67,8 +67,10 @@ def test_imagewoof_from_the_official_release_folder(tmp_path, woof_sample):
     _official_tree(tmp_path / "root", woof_sample)
     _check_loaded(tmp_path / "root", tmp_path / "cache")
     # the second load reads the array cache, decoding nothing
-    cached = sorted((tmp_path / "cache").iterdir())
+    cached = sorted(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
     assert len(cached) == 2 and all((p / "images.npy").is_file() for p in cached)
+    # and the file index of each split, so that a second load walks no folder
+    assert len(list((tmp_path / "cache").glob("index-*.json"))) == 2
     stamps = [(p / "images.npy").stat().st_mtime_ns for p in cached]
     _check_loaded(tmp_path / "root", tmp_path / "cache")
     assert [(p / "images.npy").stat().st_mtime_ns for p in cached] == stamps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -180,3 +181,36 @@ def test_default_learning_rate_by_input_size():
 
     assert default_lr("convnet3", 32) == 0.05 and default_lr("convnet3", 28) == 0.05
     assert default_lr("convnet4", 64) == 0.01 and default_lr("convnet5", 128) == 0.01
+
+
+def test_a_teacher_that_cannot_fit_in_memory_is_refused_up_front(tmp_path, monkeypatch):
+    """The estimate (a batch's activations, measured per image) is held against the memory
+    available: with too little, one line says how much it needs and what to lower."""
+    from infoutil import runtime
+
+    monkeypatch.setattr(runtime, "available_memory", lambda: 200 * 2**20)  # 200 MiB free
+    from infoutil.config import TeacherConfig
+    from infoutil.training.teacher import train_teacher
+    from tests.helpers import quiet
+
+    cfg = TeacherConfig(dataset="fashion-mnist", train_per_class=5, test_per_class=2,
+                        batch_size=4096)  # fmt: skip
+    with pytest.raises(UserError, match=r"needs about .* GiB .* lower --batch-size") as err:
+        train_teacher(cfg, tmp_path / "t", run=quiet(os.environ["INFOUTIL_DATA"]))
+    assert "\n" not in str(err.value) and not (tmp_path / "t").exists()
+
+
+def test_loader_workers_stream_the_same_batches(tmp_path, data_root):
+    """Batches decoded ahead by DataLoader workers are the batches read in-process: the same
+    weights to the bit."""
+    from infoutil.config import TeacherConfig
+    from infoutil.training.teacher import train_teacher
+    from tests.helpers import quiet
+
+    weights = {}
+    for workers in (0, 2):
+        cfg = TeacherConfig(dataset="fashion-mnist", epochs=1, train_per_class=8,
+                            test_per_class=2, batch_size=16, loader_workers=workers)  # fmt: skip
+        train_teacher(cfg, tmp_path / str(workers), run=quiet(data_root))
+        weights[workers] = load_teacher(tmp_path / str(workers)).weights_sha256
+    assert weights[0] == weights[2]

@@ -198,6 +198,12 @@ def teacher_train(
         help="fp32 (default) or bf16: autocast forwards with fp32 weights, about 1.6x compiled "
         "fp32 on CPUs with bf16 units.",
     ),
+    loader_workers: int | None = typer.Option(
+        None,
+        "--loader-workers",
+        help="Processes that decode the next batches while one trains (an image folder: "
+        "decoding is the cost); default 0. The same weights either way.",
+    ),
     probe_images: int | None = typer.Option(
         None,
         "--probe-images",
@@ -242,6 +248,7 @@ def teacher_train(
             "compile": compile_model,
             "precision": precision,
             "probe_images": probe_images,
+            "loader_workers": loader_workers,
         },
     )
 
@@ -276,7 +283,7 @@ def teacher_eval(
     # a folder of images (or an ImageNet subset) is resized to the size the teacher expects
     resizable = name.startswith("imagefolder:") or name in RESIZABLE
     size = t.info.image_size if resizable else None
-    expected = dataset_info(name, data_root, size)
+    expected = dataset_info(name, data_root, size, cache_dir)
     if expected is not None:  # a teacher that cannot fit is refused before any image is decoded
         load_teacher(teacher, expect=expected)
     test = load_dataset(name, "test", data_root, cache_dir=cache_dir, image_size=size)
@@ -441,7 +448,7 @@ def _say_if_no_maps(cfg, run: RunContext, flags: list[str]) -> None:
     from infoutil.methods.infoutil import computes_maps
     from infoutil.runtime import warn
 
-    info = dataset_info(cfg.dataset, run.data_root, cfg.image_size)
+    info = dataset_info(cfg.dataset, run.data_root, cfg.image_size, run.cache_dir)
     size = info.image_size if info is not None else 32
     if not computes_maps(cfg, size):
         what = "the whole image" if cfg.method == "infoutil" else f"{cfg.method}'s own crops"

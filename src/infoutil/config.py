@@ -66,6 +66,10 @@ class TeacherConfig(HoldsOutValidation):
     # ours: bf16 autocast for the training forwards (fp32 weights and optimizer); on CPUs
     # with bf16 units about 1.6x compiled fp32 for ConvNet-4 at 64 px (BENCHMARKS.md)
     precision: Literal["fp32", "bf16"] = "fp32"
+    # ours: DataLoader processes that decode the next batches while one trains (a folder of
+    # JPEGs: the decoding is the cost); 0 reads each batch in the training process. The same
+    # batches either way, so the same weights
+    loader_workers: int = Field(0, ge=0)
     # ours: the training and test forwards through torch.compile (inductor); 1.68x the images/s
     # of eager for ConvNet-5 at 128 px on this CPU (BENCHMARKS.md). Opt-in: it needs a C++
     # compiler, and its numbers differ from eager ones in the last bits
@@ -307,7 +311,9 @@ class ProtocolConfig(Strict):
     # is the one reported; the others use a class-balanced probe of ``probe_images``)
     probe_images: int = Field(2000, ge=1)
     test_per_class: int | None = Field(None, ge=1)  # None: the whole test set (quick checks)
-    eval_batch_size: int = Field(500, ge=1)
+    # images per test-pass forward; None: 500 at 32 px and as many pixels above, capped by
+    # the memory available (models.inference_batch; 500 at 128 px took 4.2 GB an activation)
+    eval_batch_size: int | None = Field(None, ge=1)
     # ours: the student's training steps and the teacher's online labels through torch.compile
     # (inductor); opt-in, as for teachers: it needs a C++ compiler, and its numbers differ from
     # eager ones in the last bits

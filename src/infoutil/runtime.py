@@ -228,3 +228,33 @@ class RunContext:
     @property
     def compute(self) -> torch.device:
         return resolve_device(self.device)
+
+
+def available_memory() -> int | None:
+    """The memory the kernel says a new allocation can take (``MemAvailable``), in bytes;
+    None where it does not say (not Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_fits(parts: dict[str, float], what: str, hint: str) -> None:
+    """Refuse, in one line with the estimate, a run whose memory ``parts`` (bytes) would not
+    fit in the memory available, before it starts rather than when the kernel kills it."""
+    free = available_memory()
+    need = sum(parts.values())
+    if free is None or need <= 0.9 * free:
+        return
+    from infoutil.errors import UserError
+
+    largest = sorted(parts.items(), key=lambda kv: -kv[1])[:3]
+    detail = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in largest)
+    raise UserError(
+        f"{what} needs about {need / 2**30:.1f} GiB ({detail} GiB) but {free / 2**30:.1f} GiB "
+        f"is available; {hint}"
+    )

@@ -80,6 +80,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def source_id(self, index: int) -> str:
         raise NotImplementedError
 
+    def resident_bytes(self) -> int:
+        """The memory its images hold while loaded (0 where they are read on demand)."""
+        return 0
+
     def class_indices(self, label: int) -> torch.Tensor:
         return torch.nonzero(self.targets == label).flatten()
 
@@ -101,12 +105,12 @@ class TensorImageDataset(ImageDataset):
         self,
         info: DatasetInfo,
         split: str,
-        images: torch.Tensor,
+        images,  # uint8 [N, C, H, W]: a tensor, or rows read on demand (data.rows.RowFile)
         targets: torch.Tensor,
         ids: Sequence[str] | None = None,
         index: torch.Tensor | None = None,
     ):
-        if images.dtype != torch.uint8 or images.dim() != 4:
+        if isinstance(images, torch.Tensor) and (images.dtype != torch.uint8 or images.dim() != 4):
             raise ValueError("images must be a uint8 tensor [N, C, H, W]")
         self.info = info
         self.split = split
@@ -117,8 +121,11 @@ class TensorImageDataset(ImageDataset):
 
     @property
     def images(self) -> torch.Tensor:
-        """Every image as one tensor (a copy where this is a view: for small sets only)."""
-        return self._images if self._index is None else self._images[self._index]
+        """Every image as one tensor (a copy where this is a view or the rows are read from
+        the cache: for what fits in memory only)."""
+        if self._index is None and isinstance(self._images, torch.Tensor):
+            return self._images
+        return self.get_batch(torch.arange(len(self)))
 
     def get_batch(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         rows = torch.as_tensor(indices, dtype=torch.int64)
@@ -127,10 +134,52 @@ class TensorImageDataset(ImageDataset):
     def source_id(self, index: int) -> str:
         return self._ids[index] if self._ids is not None else f"{self.split}:{index}"
 
+    def resident_bytes(self) -> int:
+        return self._images.numel() if isinstance(self._images, torch.Tensor) else 0
+
     def view(self, indices: torch.Tensor, split: str) -> TensorImageDataset:
         rows = indices if self._index is None else self._index[indices]
         ids = [self.source_id(int(i)) for i in indices]
         return TensorImageDataset(self.info, split, self._images, self.targets[indices], ids, rows)
+
+
+class BatchRows:
+    """A dataset's images indexed like a tensor (``rows[indices]``), read through
+    ``get_batch``: what a student trained on a whole training set reads, a batch at a time."""
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices) -> torch.Tensor:
+        return self.dataset.get_batch(indices)
+
+
+class BatchSource(torch.utils.data.Dataset):
+    """The batches of one epoch as a map-style dataset, so that DataLoader workers decode
+    them ahead of the training step: item ``i`` is ``dataset.get_batch(order[i*bs:(i+1)*bs])``."""
+
+    def __init__(self, dataset: ImageDataset, order: torch.Tensor, batch_size: int):
+        self.dataset, self.order, self.batch_size = dataset, order, batch_size
+
+    def __len__(self) -> int:
+        return (len(self.order) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        return self.dataset.get_batch(
+            self.order[step * self.batch_size : (step + 1) * self.batch_size]
+        )
+
+
+def batches(dataset: ImageDataset, order: torch.Tensor, batch_size: int, workers: int = 0):
+    """The uint8 batches of ``order``, in order; with ``workers``, decoded ahead by that many
+    DataLoader processes (the same batches either way)."""
+    source = BatchSource(dataset, order, batch_size)
+    if workers <= 0:
+        return (source[i] for i in range(len(source)))
+    return iter(torch.utils.data.DataLoader(source, batch_size=None, num_workers=workers))
 
 
 class FolderImageDataset(ImageDataset):

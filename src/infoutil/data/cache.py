@@ -4,12 +4,14 @@ A split is decoded once, in chunks, into ``<cache>/<key>.partial/``: ``images.np
 allocated at its full size first and filled chunk by chunk, and ``progress.json`` records the
 chunks done, so a killed decode resumes where it stopped and writes the same bytes. The last
 step renames the folder to ``<cache>/<key>/``: a folder without ``.partial`` is complete.
-Reading maps ``images.npy`` into memory rather than loading it, so a split larger than the
-machine's memory costs only the pages a stage touches.
+A split that fits in a GiB is read into memory; a larger one is read by rows when a batch
+asks for them (``data.rows``), so a split larger than the machine's memory costs only the
+images a stage reads.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -22,6 +24,7 @@ import torch
 
 from infoutil.atomic import atomic_write_json
 from infoutil.data.base import decode_image
+from infoutil.data.rows import RowFile, open_images
 from infoutil.errors import UserError
 from infoutil.runtime import progress
 
@@ -44,16 +47,16 @@ def source_stamp(path: Path) -> str:
     return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def read_split(folder: Path) -> dict[str, np.ndarray] | None:
-    """A complete cached split, ``images`` memory-mapped; None if it is missing or damaged
-    (a damaged cache is rebuilt, never trusted)."""
+def read_split(folder: Path) -> dict | None:
+    """A complete cached split (``images``: a tensor in memory, or rows read on demand); None
+    if it is missing or damaged (a damaged cache is rebuilt, never trusted)."""
     try:
-        images = np.load(folder / "images.npy", mmap_mode="c", allow_pickle=False)
+        images = open_images(folder / "images.npy")
         labels = np.load(folder / "labels.npy", allow_pickle=False)
         ids = np.load(folder / "ids.npy", allow_pickle=False)
     except (OSError, ValueError):
         return None
-    if images.ndim != 4 or not len(images) == len(labels) == len(ids):
+    if not len(images) == len(labels) == len(ids):
         return None
     return {"images": images, "labels": labels, "ids": ids}
 
@@ -67,10 +70,21 @@ def decoded_split(
     size: int | None,
     label: str,
 ) -> dict[str, np.ndarray]:
-    """``items`` (name, label) decoded to uint8 [N, C, S, S] in the cache, or read from it."""
+    """``items`` (name, label) decoded to uint8 [N, C, S, S] in the cache, or read from it.
+    One process decodes a split at a time (torchrun's other ranks wait, then read it)."""
     done = cache_dir / key
     if (arrays := read_split(done)) is not None:
         return arrays
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f"{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if (arrays := read_split(done)) is not None:
+            return arrays
+        return _decode(cache_dir, key, items, open_item, channels, size, label)
+
+
+def _decode(cache_dir, key, items, open_item, channels, size, label) -> dict:
+    done = cache_dir / key
     shutil.rmtree(done, ignore_errors=True)
     stage = cache_dir / f"{key}.partial"
     stage.mkdir(parents=True, exist_ok=True)
@@ -83,21 +97,26 @@ def decoded_split(
     state = stage / "progress.json"
     start = json.loads(state.read_text())["chunks"] if state.is_file() else 0
     bar = progress(total=len(items), initial=start * CHUNK, desc=f"decode {label}", unit="img")
-    for begin in range(start * CHUNK, len(items), CHUNK):
-        for row in range(begin, min(begin + CHUNK, len(items))):
-            name = items[row][0]
-            image = decode_image(open_item(name), channels, size, name=f"{label}:{name}")
-            if tuple(image.shape) != shape:
-                raise UserError(
-                    f"{label}:{name}: the image is {tuple(image.shape)}, the others "
-                    f"{shape}; give an image size (--image-size) to resize them all"
-                )
-            images[row] = image.numpy()
-            bar.update(1)
-        images.flush()
-        atomic_write_json(state, {"chunks": begin // CHUNK + 1})
-    bar.close()
-    del images
+    fd = os.open(images.path, os.O_WRONLY)
+    try:
+        for begin in range(start * CHUNK, len(items), CHUNK):
+            rows = []
+            for name, _ in items[begin : begin + CHUNK]:
+                image = decode_image(open_item(name), channels, size, name=f"{label}:{name}")
+                if tuple(image.shape) != shape:
+                    raise UserError(
+                        f"{label}:{name}: the image is {tuple(image.shape)}, the others "
+                        f"{shape}; give an image size (--image-size) to resize them all"
+                    )
+                rows.append(image.numpy())
+                bar.update(1)
+            # written, not mapped: the pages go to the page cache, not this process
+            os.pwrite(fd, np.stack(rows).tobytes(), images.offset + begin * images.row_bytes)
+            os.fsync(fd)
+            atomic_write_json(state, {"chunks": begin // CHUNK + 1})
+    finally:
+        os.close(fd)
+        bar.close()
     np.save(stage / "labels.npy", np.asarray([y for _, y in items], dtype=np.int64))
     np.save(stage / "ids.npy", np.asarray([n for n, _ in items]))
     state.unlink(missing_ok=True)
@@ -107,21 +126,27 @@ def decoded_split(
     return arrays
 
 
-def _images_file(stage: Path, shape: tuple[int, ...]) -> np.memmap:
-    """``images.npy`` at its full size, reopened where a killed decode left it."""
+def _images_file(stage: Path, shape: tuple[int, ...]) -> RowFile:
+    """``images.npy`` at its full size (a header and a sparse body), reopened where a killed
+    decode left it."""
     path = stage / "images.npy"
     if path.is_file():
-        existing = np.load(path, mmap_mode="r+", allow_pickle=False)
-        if existing.shape == shape and existing.dtype == np.uint8:
-            return existing
+        try:
+            existing = RowFile(path)
+            if existing.shape == shape:
+                return existing
+        except ValueError:
+            pass
     (stage / "progress.json").unlink(missing_ok=True)
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    del header  # only the header was written; the rows follow with pwrite
+    return RowFile(path)
 
 
-def as_tensors(arrays: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(images, labels, ids) over a cached split; the images stay memory-mapped."""
+def as_tensors(arrays: dict) -> tuple:
+    """(images, labels, ids) of a cached split, as ``TensorImageDataset`` takes them."""
     return (
-        torch.from_numpy(arrays["images"]),
+        arrays["images"],
         torch.from_numpy(np.asarray(arrays["labels"], dtype=np.int64)),
         [str(i) for i in arrays["ids"]],
     )

@@ -10,6 +10,8 @@ A zip is decoded once into the array cache; a folder tree is decoded when asked 
 from __future__ import annotations
 
 import io
+import json
+import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from infoutil.atomic import atomic_write_json
 from infoutil.data.base import (
     IMAGE_SUFFIXES,
     DatasetInfo,
@@ -50,6 +53,38 @@ def _image_files(folder: Path, strict: bool = True) -> list[Path]:
             continue
         files.append(f)
     return files
+
+
+def scan_tree(split_dir: Path, cache_dir: Path | None = None) -> dict[str, list[str]]:
+    """``_scan_folder_tree``'s file index, built once and kept in the cache (ImageNet's train
+    folder is 1.28 M files: a second run reads one file instead of walking them). It is keyed
+    by the folder and the modification times of it and its class folders (and their
+    ``images/``), which change whenever a file is added, removed or renamed in them."""
+    cache_dir = resolve_cache_dir(cache_dir)
+    stamps = [_mtime(split_dir)]
+    for child in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if child.is_dir():
+            nested = Path(child.path) / "images"
+            stamps.append((child.name, child.stat().st_mtime_ns, _mtime(nested)))
+    for labels in ("val_annotations.txt",):
+        stamps.append(_mtime(split_dir / labels))
+    stamps.append(_mtime(split_dir.parent / "LOC_val_solution.csv"))
+    path = cache_dir / f"index-{cache_key('index', split_dir.resolve(), stamps)}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass  # rebuilt below
+    classes = _scan_folder_tree(split_dir)
+    atomic_write_json(path, classes)
+    return classes
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _scan_folder_tree(split_dir: Path) -> dict[str, list[str]]:
@@ -181,7 +216,7 @@ def _imagefolder_arrays(
     size: int | None,
     cache_dir: Path,
 ) -> dict[str, np.ndarray]:
-    items = [(f, class_names.index(c)) for c in class_names for f in classes[c]]
+    items = [(f, k) for k, c in enumerate(class_names) for f in classes[c]]
     key = cache_key("imagefolder", source_stamp(source), split, channels, size)
     if source.is_file():
         with zipfile.ZipFile(source) as zf:
@@ -234,7 +269,7 @@ def load_folder_cached(
         if src.is_file():
             with zipfile.ZipFile(src) as zf:
                 return scan_zip(zf, sp, str(src))
-        return _scan_folder_tree(src / sp)
+        return scan_tree(src / sp, cache_dir)
 
     train_classes, test_classes = scan(train_src, "train"), scan(test_src, test_split)
     class_names = list(train_classes)
@@ -257,13 +292,15 @@ def _image_header(open_first: Callable[[], object], label: str) -> tuple[int, in
         raise UserError(f"{label}: cannot decode this image ({err}); replace or remove it") from err
 
 
-def imagefolder_info(path: Path, image_size: int | None) -> DatasetInfo:
+def imagefolder_info(
+    path: Path, image_size: int | None, cache_dir: Path | None = None
+) -> DatasetInfo:
     """What an ``imagefolder:PATH`` dataset is (classes, size, channels), from a scan of its
     folders or zips and one image header: nothing is decoded."""
-    return _imagefolder_scan(path, image_size)[0]
+    return _imagefolder_scan(path, image_size, cache_dir)[0]
 
 
-def _imagefolder_scan(path: Path, image_size: int | None):
+def _imagefolder_scan(path: Path, image_size: int | None, cache_dir: Path | None = None):
     if not path.is_dir():
         raise UserError(f"imagefolder {path} does not exist or is not a directory")
     found = find_split_sources(path)
@@ -281,8 +318,8 @@ def _imagefolder_scan(path: Path, image_size: int | None):
         with zipfile.ZipFile(test_src) as zf:
             test_classes = scan_zip(zf, test_split, str(test_src))
     else:
-        train_classes = _scan_folder_tree(path / "train")
-        test_classes = _scan_folder_tree(path / test_split)
+        train_classes = scan_tree(path / "train", cache_dir)
+        test_classes = scan_tree(path / test_split, cache_dir)
         first = path / "train" / train_classes[next(iter(train_classes))][0]
         channels, smaller = _image_header(lambda: first, str(first))
     class_names = list(train_classes)
@@ -300,7 +337,7 @@ def load_imagefolder(
     """A folder tree is decoded when asked for (ImageNet-scale trees never fit in memory);
     zips are decoded once into the array cache, as the named datasets are."""
     info, (train_src, test_src, test_split), train_classes, test_classes = _imagefolder_scan(
-        path, image_size
+        path, image_size, cache_dir
     )
     if train_src.is_file():
         return load_folder_cached(
@@ -309,5 +346,5 @@ def load_imagefolder(
         )  # fmt: skip
     classes = train_classes if split == "train" else test_classes
     split_dir = path / ("train" if split == "train" else test_split)
-    samples = [(f, info.class_names.index(c)) for c in info.class_names for f in classes[c]]
+    samples = [(f, k) for k, c in enumerate(info.class_names) for f in classes[c]]
     return FolderImageDataset(info, split, split_dir, samples)

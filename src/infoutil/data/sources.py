@@ -76,12 +76,16 @@ def load_split_of(config, split: str, data_root=None, cache_dir=None) -> ImageDa
 
 
 def dataset_info(
-    name: str, data_root: str | os.PathLike | None = None, image_size: int | None = None
+    name: str,
+    data_root: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> DatasetInfo | None:
     """What a dataset's images will be (classes, size, channels) without decoding them,
     so a teacher that cannot fit is refused first; None where only loading can tell."""
     if name.startswith(IMAGEFOLDER):  # a directory scan and one image header
-        return imagefolder_info(Path(name.split(":", 1)[1]).expanduser(), image_size)
+        path = Path(name.split(":", 1)[1]).expanduser()
+        return imagefolder_info(path, image_size, resolve_cache_dir(cache_dir))
     src = source(name)
     _check_size(src, image_size)
     root = resolve_data_root(data_root)

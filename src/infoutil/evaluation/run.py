@@ -55,8 +55,8 @@ from infoutil.io.checkpoint import check_teacher_fits, load_teacher
 from infoutil.io.distilled import load_distilled
 from infoutil.io.lock import output_lock
 from infoutil.io.outputs import COMPLETE, finish_output, prepare_output
-from infoutil.models import create_model
-from infoutil.runtime import RunContext, fault_point
+from infoutil.models import activation_bytes, create_model, inference_batch
+from infoutil.runtime import RunContext, check_fits, fault_point
 
 RESULTS_FORMAT = "infoutil-results/1"
 STUDENT_FORMAT = "infoutil-student/1"
@@ -148,6 +148,7 @@ def evaluate(
     relabeller = load_teacher(teacher_spec, expect=distilled.info)
     relabeller.model.to(run.compute)
     check_teacher_fits(relabeller.info, distilled.info, str(teacher_spec))
+    _check_memory(distilled, test, relabeller, student, protocol, run)
     key = training_key(Path(distilled_dir), student, teacher_spec, protocol)
     config = {
         "command": "evaluate",
@@ -231,6 +232,29 @@ def _choose_lr(distilled, distilled_dir, relabeller, student, teacher_spec, prot
         "validation": val.validation,
     }
     return protocol.model_copy(update={"lr": lr}), record, stage / "lr-search" / f"lr_{lr:g}"
+
+
+def _check_memory(distilled, test, relabeller, student, protocol, run) -> None:
+    """Refused up front where a student's training and test pass would not fit in memory."""
+    info = distilled.info
+    model = create_model(student, info)
+    total, largest = activation_bytes(model, info)
+    bs = batch_size(protocol, distilled)
+    _, teacher_largest = activation_bytes(relabeller.model, info)
+    evaluation = protocol.eval_batch_size or inference_batch(model, info)
+    pixels = info.channels * info.image_size**2
+    check_fits(
+        {
+            "the set": len(distilled) * pixels * 5,  # uint8 and a float copy
+            "a training batch": bs * total,
+            "the teacher's labels": bs * 2 * teacher_largest,
+            "the test pass": evaluation * 2 * largest,
+            "the measured split": test.resident_bytes(),
+            "the models": 16 * sum(p.numel() for p in model.parameters()),
+        },
+        f"evaluating {distilled.path} with {student}",
+        "lower the batch size (--config with batch_size), or free memory",
+    )
 
 
 def _check_request(seeds: list[int], split: str, students_from) -> None:
@@ -325,7 +349,8 @@ def _measure_kept(
     if not load_student(student_file(students_from, seed), key, model):
         return None
     model.to(next(relabeller.model.parameters()).device)
-    accuracy = ctx.sharded_accuracy(model, test, protocol.eval_batch_size)
+    batch = protocol.eval_batch_size or inference_batch(model, info)
+    accuracy = ctx.sharded_accuracy(model, test, batch)
     # the same training, so the same losses; the source's probe points measured its own split
     curve = [
         {"epoch": p["epoch"], "train_loss": p["train_loss"]}

@@ -37,7 +37,7 @@ from infoutil.data.base import ImageDataset, per_class_sample, subset
 from infoutil.distributed import Context
 from infoutil.errors import UserError
 from infoutil.io.distilled import DistilledSet
-from infoutil.models import create_model
+from infoutil.models import create_model, inference_batch
 from infoutil.runtime import compiled_or_refused, fault_point, generator, progress
 from infoutil.training.teacher import cosine_lr, param_groups
 
@@ -129,6 +129,7 @@ def train_student(
         raise UserError("online relabelling needs a teacher")
     torch.manual_seed(seed)
     model = create_model(arch, info).to(device)
+    eval_batch = protocol.eval_batch_size or inference_batch(model, info)
     lr = protocol.lr or STUDENT_LR.get(arch, 1e-3)
     opt = torch.optim.AdamW(param_groups(model, protocol.weight_decay), lr=lr, betas=(0.9, 0.999))
     bs = batch_size(protocol, distilled)
@@ -188,9 +189,9 @@ def train_student(
             loss_sum += float(loss.detach()) / ctx.world_size
         point = {"epoch": epoch + 1, "train_loss": round(loss_sum / steps, 6)}
         if epoch + 1 == protocol.epochs:
-            point["test_accuracy"] = ctx.sharded_accuracy(model, test, protocol.eval_batch_size)
+            point["test_accuracy"] = ctx.sharded_accuracy(model, test, eval_batch)
         elif epoch + 1 in checkpoints:
-            point["probe_accuracy"] = ctx.sharded_accuracy(model, probe, protocol.eval_batch_size)
+            point["probe_accuracy"] = ctx.sharded_accuracy(model, probe, eval_batch)
         run.curve.append(point)
         fault_point("student-epoch")
         bar.update(1)

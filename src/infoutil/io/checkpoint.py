@@ -73,7 +73,8 @@ def epoch_paths(out_dir: Path, epoch: int) -> tuple[Path, Path]:
 
 # what a teacher run writes into its folder; anything else there belongs to someone else
 RUN_FILE = re.compile(
-    r"^(config\.json|train_log\.jsonl|(epoch|optimizer)_\d{4,}\.(json|safetensors))$"
+    r"^\.?(config\.json|train_log\.jsonl|(epoch|optimizer)_\d{4,}\.(json|safetensors))"
+    r"(\.tmp-\d+)?$"  # and their atomic writes' temporary files
 )
 
 

@@ -38,7 +38,7 @@ from infoutil.atomic import (
     atomic_write_json,
     sha256_file,
 )
-from infoutil.data.base import DatasetInfo
+from infoutil.data.base import BatchRows, DatasetInfo
 from infoutil.errors import UserError
 from infoutil.io.outputs import (  # noqa: F401  (re-exported: readers of a set need them)
     COMPLETE,
@@ -97,7 +97,7 @@ def write_distilled_files(
 class DistilledSet(torch.utils.data.Dataset):
     """A distilled set loaded from disk. Items: (float image [C, H, W] in [0, 1], label)."""
 
-    images: torch.Tensor  # uint8 [N, C, H, W]
+    images: torch.Tensor  # uint8 [N, C, H, W] (the full baseline: rows read through the dataset)
     labels: torch.Tensor  # int64 [N]
     logits: torch.Tensor | None  # float32 [N, k, C] per-patch soft-label logits
     manifest: dict
@@ -187,9 +187,9 @@ def load_distilled(
             validation=validation,
             image_size=info.image_size,
         )
-        if not hasattr(train, "images"):
-            raise UserError(f"{info.name}: the full baseline needs an in-memory dataset")
-        return DistilledSet(train.images, train.targets, None, manifest, info, path, stats)
+        # read a batch at a time through the dataset: the training set need not fit in memory
+        rows = BatchRows(train)
+        return DistilledSet(rows, train.targets, None, manifest, info, path, stats)
     try:
         tensors = load_file(str(path / "labels.safetensors"))
     except (SafetensorError, OSError) as err:

@@ -60,7 +60,7 @@ def distill(
     ctx = distributed.context()
     start = time.perf_counter()
     # teachers are checked against the dataset's shape before any image is decoded
-    expected = dataset_info(cfg.dataset, run.data_root, cfg.image_size)
+    expected = dataset_info(cfg.dataset, run.data_root, cfg.image_size, run.cache_dir)
     judge = load_teacher(teacher, expect=expected)
     labeller = judge if label_teacher is None else load_teacher(label_teacher, expect=expected)
     train = load_split_of(cfg, "train", run.data_root, run.cache_dir)

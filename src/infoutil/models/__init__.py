@@ -78,4 +78,48 @@ def create_model(arch: str, info: DatasetInfo) -> Classifier:
     return Classifier(net, info.mean, info.std)
 
 
-__all__ = ["Classifier", "create_model", "list_models", "register_model"]
+@torch.no_grad()
+def activation_bytes(model: torch.nn.Module, info: DatasetInfo) -> tuple[int, int]:
+    """(every layer's output summed, the largest one) for one fp32 image, in bytes: measured
+    with forward hooks on one blank image of the dataset's shape. A training step keeps about
+    the sum per image (for the backward pass); an inference forward about two of the largest."""
+    sizes: list[int] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * 4))
+        for m in model.modules()
+        if not list(m.children())
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        model(torch.zeros(1, info.channels, info.image_size, info.image_size, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return sum(sizes), max(sizes, default=0)
+
+
+def inference_batch(model: torch.nn.Module, info: DatasetInfo, ceiling: int = 500) -> int:
+    """Images per no-grad forward (a test pass): ``ceiling`` at 32 px and as many pixels above
+    (at least 16), and no more than two of the largest activation per image fit in a tenth of
+    the memory available."""
+    from infoutil.runtime import available_memory
+
+    by_pixels = max(16, min(ceiling, ceiling * 32 * 32 // info.image_size**2))
+    free = available_memory()
+    if free is None:
+        return by_pixels
+    _, largest = activation_bytes(model, info)
+    return max(1, min(by_pixels, int(0.1 * free) // max(1, 2 * largest)))
+
+
+__all__ = [
+    "Classifier",
+    "activation_bytes",
+    "create_model",
+    "inference_batch",
+    "list_models",
+    "register_model",
+]

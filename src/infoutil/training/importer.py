@@ -76,7 +76,7 @@ def import_teacher(
     source = None
     if classes != "imagenet-1k":
         source = (
-            dataset_info(classes, run.data_root, image_size)
+            dataset_info(classes, run.data_root, image_size, run.cache_dir)
             or load_dataset(
                 classes, "test", run.data_root, cache_dir=run.cache_dir, image_size=image_size
             ).info
@@ -111,7 +111,7 @@ def _measure(model, info: DatasetInfo, dataset: str, image_size, weights: Path, 
     """Test accuracy on ``dataset`` (through the subset's logits for a 1,000-class teacher on a
     wnid subset); near chance is refused with the likely cause."""
     size = image_size or info.image_size
-    known = dataset_info(dataset, run.data_root, size)
+    known = dataset_info(dataset, run.data_root, size, run.cache_dir)
     if known is not None:
         class_fit(info, known, str(weights))  # refused before any image is decoded
     test = load_dataset(dataset, "test", run.data_root, cache_dir=run.cache_dir, image_size=size)

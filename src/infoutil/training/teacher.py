@@ -22,6 +22,7 @@ from infoutil.atomic import atomic_save_tensors, atomic_write_json, dumps_json
 from infoutil.config import TeacherConfig, build_config
 from infoutil.data import per_class_sample, subset
 from infoutil.data.augment import random_crop_flip, to_float
+from infoutil.data.base import batches
 from infoutil.data.sources import load_split_of
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import (
@@ -32,9 +33,10 @@ from infoutil.io.checkpoint import (
     save_teacher_epoch,
 )
 from infoutil.io.lock import output_lock
-from infoutil.models import Classifier, create_model
+from infoutil.models import Classifier, activation_bytes, create_model, inference_batch
 from infoutil.runtime import (
     RunContext,
+    check_fits,
     compiled_or_refused,
     fault_point,
     generator,
@@ -174,14 +176,14 @@ def _teacher_data(cfg: TeacherConfig, data_root, cache_dir):
 
 
 def _check_out_dir(out_dir: Path, cfg: TeacherConfig, done: list[int], resume: bool,
-                   reschedule: bool) -> dict | None:  # fmt: skip
+                   reschedule: bool, main: bool = True) -> dict | None:  # fmt: skip
     """Refuse an ``out_dir`` this run may not write into; the reschedule record, if any."""
     if done and not resume:
         raise UserError(
             f"{out_dir}: already holds teacher checkpoints (epochs {done[0]}.."
             f"{done[-1]}); pass --resume to continue, or choose another --out"
         )
-    if not done and (foreign := foreign_file(out_dir)) is not None:
+    if main and not done and (foreign := foreign_file(out_dir)) is not None:
         raise UserError(
             f"{out_dir}: holds {foreign.name}, which no teacher run wrote; teacher train "
             "writes only into a new or empty folder, or its own run's: choose another --out"
@@ -245,7 +247,8 @@ def train_teacher(
     ctx = dist_util.context()
     with output_lock(out_dir) if ctx.is_main else _null():
         done = completed_epochs(out_dir)
-        rescheduled = _check_out_dir(out_dir, cfg, done, resume, reschedule)
+        # the main rank judges the folder (the others would see its writes in flight)
+        rescheduled = _check_out_dir(out_dir, cfg, done, resume, reschedule, ctx.is_main)
         created = not out_dir.exists()
         try:
             if ctx.is_main:
@@ -276,6 +279,8 @@ def _train_epochs(cfg, out_dir, train, probe, test, start, stop_after, run, ctx)
         _load_optimizer(out_dir, start, model, opt)
     if start >= cfg.epochs:
         return json.loads(epoch_paths(out_dir, start)[1].read_text())
+    _check_memory(cfg, train, model)
+    probe_batch = inference_batch(model, train.info)
     ddp_model, eval_model = ctx.wrap(model), model
     if cfg.compile:
         ddp_model = compiled_or_refused(ddp_model, "the teacher")
@@ -288,9 +293,9 @@ def _train_epochs(cfg, out_dir, train, probe, test, start, stop_after, run, ctx)
         loss = _one_epoch(cfg, epoch, train, ddp_model, opt, watch, compute, ctx, run.progress)
         train_seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "loss": loss}
-        row["probe_accuracy"] = ctx.sharded_accuracy(eval_model, probe, cfg.batch_size)
+        row["probe_accuracy"] = ctx.sharded_accuracy(eval_model, probe, probe_batch)
         if epoch + 1 == cfg.epochs:
-            row["test_accuracy"] = ctx.sharded_accuracy(eval_model, test, cfg.batch_size)
+            row["test_accuracy"] = ctx.sharded_accuracy(eval_model, test, probe_batch)
         meta = {
             "arch": cfg.arch,
             "dataset": train.info.to_dict(),
@@ -335,6 +340,20 @@ def _train_epochs(cfg, out_dir, train, probe, test, start, stop_after, run, ctx)
     return meta
 
 
+def _check_memory(cfg: TeacherConfig, train, model) -> None:
+    """Refused up front where a training step would not fit in memory."""
+    total, _ = activation_bytes(model, train.info)
+    check_fits(
+        {
+            "the training images held": train.resident_bytes(),
+            "a batch's activations": cfg.batch_size * total,
+            "weights, gradients and momentum": 12 * sum(p.numel() for p in model.parameters()),
+        },
+        f"teacher train ({cfg.arch} at {train.info.image_size} px, batch {cfg.batch_size})",
+        "lower --batch-size",
+    )
+
+
 def _one_epoch(cfg, epoch, train, ddp_model, opt, watch, compute, ctx, progress_bar) -> float:
     """One pass over the training set in the seeded order of ``epoch``; its mean loss."""
     ddp_model.train()
@@ -350,9 +369,10 @@ def _one_epoch(cfg, epoch, train, ddp_model, opt, watch, compute, ctx, progress_
         enabled=progress_bar,
     )
     loss_sum = 0.0
-    for step in bar:
+    stream = batches(train, order, cfg.batch_size, cfg.loader_workers)
+    for step, raw in zip(bar, stream, strict=True):
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-        x = to_float(train.get_batch(idx))
+        x = to_float(raw)
         y = train.targets[idx]
         if cfg.augment:
             x = random_crop_flip(x, pad=max(1, train.info.image_size // 8), g=g)
