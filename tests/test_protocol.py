@@ -215,7 +215,9 @@ def test_a_steps_budget_sets_the_epochs_and_every_result_records_both(small_set,
         update={"steps": 7, "batch_size": bs, "eval_points": 1, "test_per_class": 3}
     )
     res = evaluate(small_set.path, tmp_path / "s", protocol=proto, run=quiet(data_root))
-    assert (res["epochs"], res["steps"], res["budget"]) == (4, 8, "steps") and n // bs == 2
+    # 7 steps: 3 whole epochs and one step of a fourth, exactly the budget
+    assert (res["epochs"], res["steps"], res["budget"]) == (4, 7, "steps") and n // bs == 2
+    assert len(res["curves"][0]["curve"]) == 4
     plain = PROTOCOLS["rded"].model_copy(update={"epochs": 3, "eval_points": 1,
                                                  "test_per_class": 3})  # fmt: skip
     res = evaluate(small_set.path, tmp_path / "e", protocol=plain, run=quiet(data_root))
@@ -223,3 +225,18 @@ def test_a_steps_budget_sets_the_epochs_and_every_result_records_both(small_set,
     # students kept before these fields existed keep their keys: unset fields are not keyed
     key = json.loads(training_key(small_set.path, "convnet3", "t", PROTOCOLS["rded"]))
     assert "steps" not in key["protocol"] and "lr_grid" not in key["protocol"]
+
+
+def test_the_full_training_set_under_hard_labels_is_the_hlr_reference(
+    set_with_validation, fmnist_teacher, data_root, tmp_path
+):
+    """HLR's reference: every training image (read a batch at a time, never held) with hard
+    labels, under a budget of steps like the sets'."""
+    full = distill(small_config("full", val_per_class=5), fmnist_teacher, tmp_path / "full",
+                   run=quiet(data_root))  # fmt: skip
+    proto = PROTOCOLS["hard"].model_copy(
+        update={"steps": 3, "lr": 0.001, "eval_points": 1, "test_per_class": 3}
+    )
+    res = evaluate(full, tmp_path / "e", protocol=proto, run=quiet(data_root))
+    assert res["method"] == "full" and res["num_images"] == 59950
+    assert (res["steps"], res["epochs"], res["budget"]) == (3, 1, "steps")

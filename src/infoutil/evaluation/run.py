@@ -49,6 +49,7 @@ from infoutil.evaluation.student import (
     StudentRun,
     batch_size,
     student_epochs,
+    student_steps,
     train_student,
 )
 from infoutil.io.checkpoint import check_teacher_fits, load_teacher
@@ -245,7 +246,8 @@ def _check_memory(distilled, test, relabeller, student, protocol, run) -> None:
     pixels = info.channels * info.image_size**2
     check_fits(
         {
-            "the set": len(distilled) * pixels * 5,  # uint8 and a float copy
+            # uint8 and a float copy; the full baseline reads its images a batch at a time
+            "the set": len(distilled) * pixels * 5 if torch.is_tensor(distilled.images) else 0,
             "a training batch": bs * total,
             "the teacher's labels": bs * 2 * teacher_largest,
             "the test pass": evaluation * 2 * largest,
@@ -387,7 +389,7 @@ def _results(
         # the training budget: the epochs run and the optimizer steps they took; "budget" says
         # which of the two the protocol fixed
         "epochs": epochs,
-        "steps": epochs * math.ceil(n / bs),
+        "steps": student_steps(protocol, math.ceil(n / bs)),
         "budget": "epochs" if protocol.steps is None else "steps",
         "lr": protocol.lr or STUDENT_LR.get(student, 1e-3),
         "split": config["split"],  # what "accuracy" measured: the test set, or val

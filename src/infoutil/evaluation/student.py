@@ -63,10 +63,17 @@ def batch_size(protocol: ProtocolConfig, distilled: DistilledSet) -> int:
 
 def student_epochs(protocol: ProtocolConfig, steps_per_epoch: int) -> int:
     """The epochs a student trains: the protocol's, or as many as its ``steps`` budget of
-    optimizer steps takes (rounded up to whole epochs)."""
+    optimizer steps reaches (the last one cut short where the budget ends inside it)."""
     if protocol.steps is None:
         return protocol.epochs
     return max(1, math.ceil(protocol.steps / steps_per_epoch))
+
+
+def student_steps(protocol: ProtocolConfig, steps_per_epoch: int) -> int:
+    """The optimizer steps a student takes: its budget exactly, or whole epochs of them."""
+    if protocol.steps is not None:
+        return protocol.steps
+    return protocol.epochs * steps_per_epoch
 
 
 def eval_epochs(epochs: int, points: int) -> list[int]:
@@ -177,7 +184,9 @@ def train_student(
         model.train()
         order = torch.randperm(n, generator=g)
         loss_sum = 0.0
-        for step in range(steps):
+        # a steps budget ends inside the last epoch where it is not a whole number of epochs
+        taken = min(steps, student_steps(protocol, steps) - epoch * steps)
+        for step in range(taken):
             idx = order[step * bs : (step + 1) * bs]
             x, target = batches.make(idx, g, relabel)
             log_p = F.log_softmax(ddp_model(x) / T, 1)
@@ -187,7 +196,7 @@ def train_student(
             loss.backward()
             opt.step()
             loss_sum += float(loss.detach()) / ctx.world_size
-        point = {"epoch": epoch + 1, "train_loss": round(loss_sum / steps, 6)}
+        point = {"epoch": epoch + 1, "train_loss": round(loss_sum / taken, 6)}
         if epoch + 1 == protocol.epochs:
             point["test_accuracy"] = ctx.sharded_accuracy(model, test, eval_batch)
         elif epoch + 1 in checkpoints:
