@@ -164,6 +164,18 @@ def _high_resolution_variants() -> dict[str, tuple[str, dict]]:
     }
     for rule in ("highest", "lowest", "strata", "badge"):  # cluster is the default's
         v[f"default-{rule}"] = default(utility={"select": rule})
+    # issue "A strong teacher at 128 px": the paper's Table 6 in its own terms, at factor 2:
+    # RDED's loss scoring on random crops, and the gradient norm on random crops (RDED's
+    # squares) or on attribution crops (the Shapley map), each under the paper's rule (the
+    # highest norms, every crop competing) and ours (the cluster rule, one crop per source)
+    paper_rule = {"select": "highest", "per_source": "all"}
+    ours = {"select": "cluster", "per_source": "best"}
+    v["t6-rded"] = ("rded", {"factor": 2})
+    for crops, attribution in (("random", "rded"), ("shapley", "shapley")):
+        for rule_name, rule in (("highest", paper_rule), ("cluster", ours)):
+            v[f"t6-gradnorm-{crops}-{rule_name}"] = default(
+                informativeness={"attribution": attribution}, utility=rule
+            )
     # issue "Three label regimes": the difficulty of the kept whole images (the default is
     # the easiest of each feature group); CAD-Prune argues the best depends on the budget
     v["whole-hardest"] = ("infoutil", {"recipe": "default", "utility": {"select": "highest"}})
