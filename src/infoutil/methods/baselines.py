@@ -53,11 +53,12 @@ def select_random(mc: MethodContext) -> Selection:
     chosen = torch.tensor([p.source for row in patches for p in row])
     boxes = torch.tensor([p.box for row in patches for p in row])
     size = (info.image_size, info.image_size)
+    batch = min(256, mc.forward_batch)  # 256 up to 32 px, as it was; fewer for larger images
     with torch.inference_mode():
         logits = torch.cat(
             [
                 mc.teacher.model(crop_and_resize(mc.images(part), part_boxes, size)).cpu()
-                for part, part_boxes in zip(chosen.split(256), boxes.split(256), strict=True)
+                for part, part_boxes in zip(chosen.split(batch), boxes.split(batch), strict=True)
             ]
         )
     selected = ScoredPatches.from_logits(chosen, mc.train.targets[chosen], boxes, logits)

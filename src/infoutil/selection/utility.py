@@ -383,10 +383,11 @@ def crop_scores(
 
 
 @torch.inference_mode()
-def last_layer_pieces(model, crops_of, pool, rows: torch.Tensor):
-    """(p - e_y, h) of the crops ``rows``: the pieces of their last-layer gradients."""
+def last_layer_pieces(model, crops_of, pool, rows: torch.Tensor, batch: int = 256):
+    """(p - e_y, h) of the crops ``rows``: the pieces of their last-layer gradients, ``batch``
+    crops a forward."""
     errs, feats = [], []
-    for part in torch.split(rows, 256):
+    for part in torch.split(rows, batch):
         x = crops_of(pool.source[part], pool.box[part][:, None])
         h = model.features(x).double()
         p = torch.softmax(model.fc(h.float()).double(), 1)

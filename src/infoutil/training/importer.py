@@ -20,6 +20,7 @@ from infoutil.data.sources import dataset_info
 from infoutil.distributed import Context
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import class_fit, completed_epochs, foreign_file, save_teacher_epoch
+from infoutil.models import inference_batch
 from infoutil.models.pretrained import import_weights, restrict_classes
 from infoutil.runtime import RunContext
 
@@ -120,7 +121,8 @@ def _measure(model, info: DatasetInfo, dataset: str, image_size, weights: Path, 
     if restriction is not None:  # measured on the subset's logits; saved whole
         scored = copy.deepcopy(model)
         restrict_classes(scored, restriction["indices"])
-    acc = round(Context().sharded_accuracy(scored.to(run.compute), test), 6)
+    scored = scored.to(run.compute)
+    acc = round(Context().sharded_accuracy(scored, test, inference_batch(scored, test.info)), 6)
     chance = 1 / test.info.num_classes
     if check_order and acc < NEAR_CHANCE * chance:
         raise UserError(
