@@ -13,6 +13,10 @@
 # The teachers that relabel online are the committed ones: a set whose name holds
 # "labels-early" is relabelled by the early teacher, every other by the converged one.
 # On a CPU it runs too, for a check of the script: DEVICE=cpu EPOCHS=1 SEEDS=1
+# ImageNette the same way (issue "A strong teacher at 128 px"): its data made with
+#   python benchmarks/subset_data.py --source DATA/imagenette --out .device-data/imagenette \
+#       --train-per-class 1 --test-per-class 0 --test-split val
+# and CONVERGED=benchmarks/teachers/imagenette-convnet5 EARLY=...-early set before the call.
 set -euo pipefail
 OUT=${OUT:?set OUT to the folder for the results}
 PY=${PYTHON:-python3}

@@ -9,6 +9,9 @@ subset is the same bytes. A count of 0 keeps every file of that split.
     # all that evaluating distilled sets needs (the class folders)
     python benchmarks/subset_data.py --source ../shared/data/imagewoof \
         --out .device-data/imagewoof --train-per-class 1 --test-per-class 0 --test-split val
+    # ImageNette's copy comes as train/ and val/ folders: the same, zipped (about 47 MB)
+    python benchmarks/subset_data.py --source DATA/imagenette --out .device-data/imagenette \
+        --train-per-class 1 --test-per-class 0 --test-split val
 """
 
 from __future__ import annotations
@@ -44,6 +47,23 @@ def subset_zip(source: Path, out: Path, split: str, per_class: int) -> int:
     return count
 
 
+def subset_folder(source: Path, out: Path, per_class: int) -> int:
+    """The same from a ``<split>/<class>/`` folder (ImageNette's copy): a zip of the files as
+    they are stored (``<split>/<class>/<file>`` inside)."""
+    split = source.name
+    tmp, count = out.with_suffix(".zip.part"), 0
+    with zipfile.ZipFile(tmp, "w") as zout:
+        for cls in sorted(p for p in source.iterdir() if p.is_dir()):
+            files = sorted(f for f in cls.iterdir() if f.is_file())
+            if len(files) < per_class:
+                raise SystemExit(f"{cls}: fewer than {per_class} files")
+            for f in files[: per_class or None]:
+                zout.write(f, f"{split}/{cls.name}/{f.name}")
+                count += 1
+    tmp.replace(out)
+    return count
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", required=True, help="a folder holding train.zip and test.zip")
@@ -55,7 +75,10 @@ def main() -> None:
     source, out = Path(args.source), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", args.train_per_class), (args.test_split, args.test_per_class)):
-        count = subset_zip(source / f"{split}.zip", out / f"{split}.zip", split, n)
+        if (source / split).is_dir() and not (source / f"{split}.zip").is_file():
+            count = subset_folder(source / split, out / f"{split}.zip", n)
+        else:
+            count = subset_zip(source / f"{split}.zip", out / f"{split}.zip", split, n)
         print(f"{out / (split + '.zip')}: {count} images")
 
 
