@@ -240,3 +240,17 @@ def test_the_full_training_set_under_hard_labels_is_the_hlr_reference(
     res = evaluate(full, tmp_path / "e", protocol=proto, run=quiet(data_root))
     assert res["method"] == "full" and res["num_images"] == 59950
     assert (res["steps"], res["epochs"], res["budget"]) == (3, 1, "steps")
+
+
+def test_bf16_students_learn_and_are_kept_apart_from_fp32_ones(small_set, data_root, tmp_path):
+    from infoutil.evaluation.run import training_key
+
+    proto = PROTOCOLS["rded"].model_copy(
+        update={"epochs": 3, "eval_points": 1, "test_per_class": 3, "precision": "bf16"}
+    )
+    res = evaluate(small_set.path, tmp_path / "b", protocol=proto, run=quiet(data_root))
+    assert res["accuracy"][0] > 0.1  # chance is 0.1: it learns something in 3 epochs
+    fp32 = PROTOCOLS["rded"]
+    bf16 = fp32.model_copy(update={"precision": "bf16"})
+    keys = [json.loads(training_key(small_set.path, "convnet3", "t", p)) for p in (fp32, bf16)]
+    assert "precision" not in keys[0]["protocol"] and keys[1]["protocol"]["precision"] == "bf16"

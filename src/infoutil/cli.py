@@ -504,6 +504,12 @@ def evaluate(
         "test row).",
     ),
     autoaugment: bool | None = typer.Option(None, "--autoaugment/--no-autoaugment"),
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        help="fp32 (default) or bf16: the student's and the online teacher's forwards in "
+        "bf16 autocast (fp32 weights); opt-in, check it against fp32 first.",
+    ),
     compile_model: bool | None = typer.Option(
         None,
         "--compile/--no-compile",
@@ -530,7 +536,7 @@ def evaluate(
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, not {seeds}")
     flags = {"epochs": epochs, "steps": steps, "lr": lr, "autoaugment": autoaugment,
-             "compile": compile_model}  # fmt: skip
+             "compile": compile_model, "precision": precision}  # fmt: skip
     from infoutil.report.plots import plot_results_curves
 
     for name in names:  # each regime is its own evaluation; the cache serves the data to all

@@ -314,6 +314,9 @@ class ProtocolConfig(Strict):
     # images per test-pass forward; None: 500 at 32 px and as many pixels above, capped by
     # the memory available (models.inference_batch; 500 at 128 px took 4.2 GB an activation)
     eval_batch_size: int | None = Field(None, ge=1)
+    # ours: bf16 autocast for the student's forward and the teacher's online labels (fp32
+    # weights, optimizer and loss); opt-in until checked against fp32 on the sets it trains on
+    precision: Literal["fp32", "bf16"] = "fp32"
     # ours: the student's training steps and the teacher's online labels through torch.compile
     # (inductor); opt-in, as for teachers: it needs a C++ compiler, and its numbers differ from
     # eager ones in the last bits

@@ -65,7 +65,7 @@ STUDENT_FORMAT = "infoutil-student/1"
 MEASURE_ONLY = ("eval_points", "probe_images", "test_per_class", "eval_batch_size")
 # fields added after students were kept: in a student's key only where set, so that the
 # students kept before them stay reusable (lr_grid only chooses the lr, which is keyed)
-KEYED_WHEN_SET = {"steps": None}
+KEYED_WHEN_SET = {"steps": None, "precision": "fp32"}
 
 
 def seed_record(folder: Path, seed: int) -> Path:
@@ -84,7 +84,8 @@ def training_key(distilled_dir: Path, student: str, teacher: str, protocol: Prot
     fields = {
         k: v
         for k, v in protocol.model_dump().items()
-        if k not in (*MEASURE_ONLY, "lr_grid") and not (k in KEYED_WHEN_SET and v is None)
+        if k not in (*MEASURE_ONLY, "lr_grid")
+        and not (k in KEYED_WHEN_SET and v == KEYED_WHEN_SET[k])
     }
     record = {
         "set": hashlib.sha256((Path(distilled_dir) / COMPLETE).read_bytes()).hexdigest(),

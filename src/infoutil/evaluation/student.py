@@ -38,7 +38,13 @@ from infoutil.distributed import Context
 from infoutil.errors import UserError
 from infoutil.io.distilled import DistilledSet
 from infoutil.models import create_model, inference_batch
-from infoutil.runtime import compiled_or_refused, fault_point, generator, progress
+from infoutil.runtime import (
+    compiled_or_refused,
+    fault_point,
+    generator,
+    precision_autocast,
+    progress,
+)
 from infoutil.training.teacher import cosine_lr, param_groups
 
 # RDED's AdamW learning rate per student (argument.py); 1e-3 for every other model.
@@ -189,7 +195,9 @@ def train_student(
         for step in range(taken):
             idx = order[step * bs : (step + 1) * bs]
             x, target = batches.make(idx, g, relabel)
-            log_p = F.log_softmax(ddp_model(x) / T, 1)
+            with precision_autocast(protocol.precision, device.type):
+                logits = ddp_model(x)
+            log_p = F.log_softmax(logits.float() / T, 1)
             # batch-mean KL over the global batch: each rank's share, summed by DDP's average
             loss = F.kl_div(log_p, target, reduction="sum") * ctx.world_size / len(idx)
             opt.zero_grad(set_to_none=True)
@@ -247,8 +255,8 @@ class _Batches:
             perm, kept = torch.arange(len(idx)), 1.0
         if protocol.labels == "online":
             x = self.ctx.shard_batch(x).to(self.device)
-            with torch.no_grad():
-                target = torch.softmax(relabel(x) / protocol.temperature, 1)
+            with torch.no_grad(), precision_autocast(protocol.precision, self.device.type):
+                target = torch.softmax(relabel(x).float() / protocol.temperature, 1)
             return x, target
         p = self.targets_static[idx]
         x, target = self.ctx.shard_batch(x, kept * p + (1 - kept) * p[perm])
