@@ -452,8 +452,9 @@ def _say_if_no_maps(cfg, run: RunContext, flags: list[str]) -> None:
     size = info.image_size if info is not None else 32
     if not computes_maps(cfg, size):
         what = "the whole image" if cfg.method == "infoutil" else f"{cfg.method}'s own crops"
+        verb = "changes" if len(flags) == 1 else "change"
         warn(
-            f"{' and '.join(flags)} change nothing here: this distil keeps {what} and computes "
+            f"{' and '.join(flags)} {verb} nothing here: this distil keeps {what} and computes "
             "no Shapley map (InfoUtil with --factor 2 or --recipe paper does)"
         )
 

@@ -210,8 +210,7 @@ def _choose_lr(distilled, distilled_dir, relabeller, student, teacher_spec, prot
     if validation is None:
         raise UserError(
             f"{distilled_dir}: the hard protocol chooses its learning rate on the validation "
-            "split, and this set has none; distill with --val-per-class N, or give the lr "
-            "(--config with lr: VALUE)"
+            "split, and this set has none; distill with --val-per-class N, or give --lr"
         )
     val = load_dataset(distilled.info.name, "val", run.data_root, cache_dir=run.cache_dir,
                        validation=validation, image_size=distilled.info.image_size)  # fmt: skip
