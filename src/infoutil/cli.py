@@ -572,7 +572,7 @@ def compare(
     rows = run_compare(runs, out)
     plot_compare(rows, out)
     typer.echo(markdown_table(rows), nl=False)
-    typer.echo(f"-> {out}/results.md, results.csv")
+    typer.echo(f"-> {out}/results.md, results.csv, regimes.md (one column a label regime)")
 
 
 @app.command()
