@@ -73,7 +73,7 @@ def main() -> None:
     weights = torchvision_resnet18(work / "resnet18-random.pth")
     data = f"imagefolder:{args.folder}"
     common = ["--image-size", "224", "--threads", "1", "--cache-dir", str(work / "cache")]
-    rows = []
+    rows: list[dict] = []
     teacher = work / "teacher"
     if not (teacher / "epoch_0001.json").is_file():
         rows.append(timed("teacher import (and its test pass)", [
@@ -93,6 +93,15 @@ def main() -> None:
             "evaluate", str(work / "infoutil-ipc10"), "--student", "resnet18", "--epochs",
             str(args.epochs), "--out", str(out), "--resume", "-q", "--threads", "1",
             "--cache-dir", str(work / "cache")], work / "evaluate.log"))  # fmt: skip
+    report = work / "report"
+    if not (report / "report.html").is_file():
+        rows.append(timed("report", ["report", str(work), "--out", str(report)],
+                          work / "report.log"))  # fmt: skip
+    if args.out.is_file():  # rows of stages an earlier call measured, kept
+        done = {r["stage"] for r in rows}
+        rows = [
+            r for r in json.loads(args.out.read_text())["rows"] if r["stage"] not in done
+        ] + rows
     record = {"folder": str(args.folder), "rows": rows,
               "candidates_per_class": args.candidates_per_class, "epochs": args.epochs,
               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}  # fmt: skip
