@@ -34,7 +34,7 @@ def _hashes(folder: Path) -> dict[str, str]:
     }
 
 
-def record(out: Path, data_root: str) -> dict:
+def record(out: Path, data_root: str, imagewoof: bool = False) -> dict:
     import infoutil
     from infoutil.config import DistillConfig
     from infoutil.demo import run_demo
@@ -54,6 +54,15 @@ def record(out: Path, data_root: str) -> dict:
             cfg = DistillConfig(method=method, dataset="cifar10", ipc=10, seed=0)
             distill(cfg, CIFAR_TEACHER, target, resume=True, **where)
         sets[f"cifar10/{method}"] = _hashes(target)
+    if imagewoof:  # 128 px: the default and rded on the committed ConvNet-5 teacher
+        woof_teacher = CIFAR_TEACHER.parent / "imagewoof-convnet5"
+        for method in ("infoutil", "rded"):
+            target = out / "imagewoof" / method
+            if not target.exists():
+                cfg = DistillConfig(method=method, dataset="imagewoof", ipc=10, seed=0,
+                                    candidates_per_class=100)  # fmt: skip
+                distill(cfg, woof_teacher, target, resume=True, **where)
+            sets[f"imagewoof/{method}"] = _hashes(target)
     run_demo(out / "demo", **where)
     for sub in ("distilled/infoutil", "distilled/rded", "eval/infoutil", "eval/rded"):
         sets[f"demo/{sub}"] = _hashes(out / "demo" / sub)
@@ -88,6 +97,7 @@ def main() -> None:
     ap.add_argument("--record", type=Path)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compare", nargs=2, type=Path)
+    ap.add_argument("--imagewoof", action="store_true", help="ImageWoof distils too (128 px)")
     args = ap.parse_args()
     if args.compare:
         a, b = (json.loads(p.read_text()) for p in args.compare)
@@ -97,7 +107,7 @@ def main() -> None:
         print("\n".join(problems[:40]))
         sys.exit(1 if problems else 0)
     torch.set_num_threads(args.threads)
-    result = record(args.out, args.data_root)
+    result = record(args.out, args.data_root, args.imagewoof)
     args.record.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"{args.record}: {sum(len(v) for v in result['sets'].values())} files hashed")
 
