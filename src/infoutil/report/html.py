@@ -24,6 +24,8 @@ from infoutil.evaluation.compare import (
     collect_results,
     format_accuracy,
     markdown_table,
+    regime_markdown,
+    regime_rows,
     summary_rows,
 )
 from infoutil.io.distilled import load_distilled
@@ -301,14 +303,24 @@ def _results_section(evals: list[Path], figs: Path) -> list[str]:
                 f"accuracy against IPC, {dataset}, student {student} (mean +- std)",
             )
         )
+    if len({r["protocol"] for r in records}) > 1:  # several label regimes: side by side
+        body += [
+            "<h3>Label regimes</h3>",
+            '<p class="note">One column a regime; IOR is the gain over random real images of '
+            "the same IPC under the same regime, HLR the full training set's hard-label "
+            "accuracy minus the set's (docs/design.md, <i>Scores</i>).</p>",
+            _md_table_to_html(regime_markdown(regime_rows(records))),
+        ]
     for rec in records:
         if rec.get("curves"):
-            name = f"curve_{rec['method']}_{rec['ipc']}_{rec['student']}.png"
-            plot_results_curves(rec, figs / name.replace(":", "_").replace("/", "_"))
+            run = f"{rec['method']}_{rec['ipc']}_{rec['student']}_{rec['protocol']}"
+            name = f"curve_{run}_{rec.get('split', 'test')}.png".replace(":", "_").replace("/", "_")
+            plot_results_curves(rec, figs / name)
             body.append(
                 _figure(
                     f"figures/{name}",
-                    f"training curve: {rec['method']} IPC {rec['ipc']} -> {rec['student']}",
+                    f"training curve: {rec['method']} IPC {rec['ipc']} -> {rec['student']}, "
+                    f"{rec['protocol']} labels, {rec.get('split', 'test')} split",
                 )
             )
     return body
