@@ -60,6 +60,17 @@ def timed(label: str, args: list[str], log: Path) -> dict:
     return row
 
 
+def save(args: argparse.Namespace, rows: list[dict]) -> None:
+    """The record, with the rows of stages an earlier call measured kept."""
+    done = {r["stage"] for r in rows}
+    kept = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
+    record = {"folder": str(args.folder),
+              "rows": [r for r in kept if r["stage"] not in done] + rows,
+              "candidates_per_class": args.candidates_per_class, "epochs": args.epochs,
+              "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}  # fmt: skip
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--folder", type=Path, required=True)
@@ -74,38 +85,34 @@ def main() -> None:
     data = f"imagefolder:{args.folder}"
     common = ["--image-size", "224", "--threads", "1", "--cache-dir", str(work / "cache")]
     rows: list[dict] = []
+
+    def timed_row(label: str, cli: list[str], log: Path) -> None:
+        rows.append(timed(label, cli, log))
+        save(args, rows)  # after every stage: a kill loses at most the stage under way
+
     teacher = work / "teacher"
     if not (teacher / "epoch_0001.json").is_file():
-        rows.append(timed("teacher import (and its test pass)", [
+        timed_row("teacher import (and its test pass)", [
             "teacher", "import", str(weights), "--arch", "resnet18", "--classes",
             "imagenet-1k", "--dataset", data, "--out", str(teacher), *common],
-            work / "import.log"))  # fmt: skip
+            work / "import.log")  # fmt: skip
     for method in ("infoutil", "rded"):
         out = work / f"{method}-ipc10"
         if not (out / "COMPLETE.json").is_file():
-            rows.append(timed(f"distill {method} IPC 10", [
+            timed_row(f"distill {method} IPC 10", [
                 "distill", "--method", method, "--dataset", data, "--teacher", str(teacher),
                 "--ipc", "10", "--candidates-per-class", str(args.candidates_per_class),
-                "--out", str(out), "--resume", "-q", *common], work / f"{method}.log"))  # fmt: skip
+                "--out", str(out), "--resume", "-q", *common], work / f"{method}.log")  # fmt: skip
     out = work / "eval"
     if not (out / "COMPLETE.json").is_file():
-        rows.append(timed(f"evaluate infoutil IPC 10, {args.epochs} epochs", [
+        timed_row(f"evaluate infoutil IPC 10, {args.epochs} epochs", [
             "evaluate", str(work / "infoutil-ipc10"), "--student", "resnet18", "--epochs",
             str(args.epochs), "--out", str(out), "--resume", "-q", "--threads", "1",
-            "--cache-dir", str(work / "cache")], work / "evaluate.log"))  # fmt: skip
+            "--cache-dir", str(work / "cache")], work / "evaluate.log")  # fmt: skip
     report = work / "report"
     if not (report / "report.html").is_file():
-        rows.append(timed("report", ["report", str(work), "--out", str(report)],
-                          work / "report.log"))  # fmt: skip
-    if args.out.is_file():  # rows of stages an earlier call measured, kept
-        done = {r["stage"] for r in rows}
-        rows = [
-            r for r in json.loads(args.out.read_text())["rows"] if r["stage"] not in done
-        ] + rows
-    record = {"folder": str(args.folder), "rows": rows,
-              "candidates_per_class": args.candidates_per_class, "epochs": args.epochs,
-              "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}  # fmt: skip
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+        timed_row("report", ["report", str(work), "--out", str(report)],
+                  work / "report.log")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from infoutil.atomic import atomic_write_json
 from infoutil.attribution.amortized import (
@@ -61,8 +61,10 @@ from infoutil.attribution.patch import (
 )
 from infoutil.data import load_dataset, per_class_sample
 from infoutil.data.augment import to_float
+from infoutil.data.base import index_sha256
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import load_teacher
+from infoutil.methods.common import ScoreStore
 from infoutil.runtime import resolve_device
 from infoutil.selection.crops import informative_crops, noise_sigma, pool_map, settled_crops
 
@@ -116,12 +118,13 @@ def agreement(boxes: torch.Tensor, reference: torch.Tensor) -> dict | None:
     }
 
 
-def cached(path: Path, compute) -> torch.Tensor:
+def cached(store: ScoreStore, name: str, compute) -> torch.Tensor:
+    """Reference maps from the library's score store (atomic, keyed by what they depend on)."""
+    path = store.dir / name
     if path.is_file():
         return load_file(str(path))["maps"]
     maps = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"maps": maps.contiguous()}, str(path))
+    store.save_tensors(name, {"maps": maps.contiguous()})
     return maps
 
 
@@ -133,15 +136,17 @@ def routes(args) -> None:
     idx = per_class_sample(train.targets, train.info.num_classes, args.images // 10, seed=123)
     x, y = to_float(train.get_batch(idx)), train.targets[idx]
     seeds = torch.arange(len(idx)) + 1000  # per-image seeds, as distill derives them
-    cache = Path(args.cache)
-    tag = f"{args.dataset}-{teacher.weights_sha256[:12]}"
+    store = ScoreStore(Path(args.cache), "reference-maps", {
+        "dataset": args.dataset, "teacher": teacher.weights_sha256, "sample_seed": 123,
+        "images": index_sha256(idx)})  # fmt: skip
 
     exact_blocks = []
     for i in range(0, args.exact_images, 10):
         block = slice(i, min(i + 10, args.exact_images))
         exact_blocks.append(
             cached(
-                cache / f"exact-{tag}-{i:05d}.safetensors",
+                store,
+                f"exact-{i:05d}.safetensors",
                 lambda b=block: patch_shapley(
                     model, x[b], y[b], estimator="exact", batch_size=4096, progress_bar=True
                 ),
@@ -149,7 +154,8 @@ def routes(args) -> None:
         )
     exact = torch.cat(exact_blocks) if exact_blocks else torch.zeros(0, 4, 4)
     near = cached(
-        cache / f"gp4096-{tag}-{len(idx)}.safetensors",
+        store,
+        "gp4096.safetensors",
         lambda: patch_shapley(model, x, y, budget=4096, seed=seeds + 10**6, batch_size=1024),
     )
     size = x.shape[-1]
