@@ -66,7 +66,8 @@ def save(args: argparse.Namespace, rows: list[dict]) -> None:
     kept = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
     record = {"folder": str(args.folder),
               "rows": [r for r in kept if r["stage"] not in done] + rows,
-              "candidates_per_class": args.candidates_per_class, "epochs": args.epochs,
+              "candidates_per_class": args.candidates_per_class,
+              "rded_candidates_per_class": args.rded_candidates_per_class, "epochs": args.epochs,
               "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}  # fmt: skip
     args.out.write_text(json.dumps(record, indent=1) + "\n")
 
@@ -76,7 +77,17 @@ def main() -> None:
     ap.add_argument("--folder", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--candidates-per-class", type=int, default=40)
+    ap.add_argument(
+        "--rded-candidates-per-class",
+        type=int,
+        help="rded's pool, if not --candidates-per-class (at 224 px its factor 2 needs 4 IPC)",
+    )
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument(
+        "--stages",
+        default="import,infoutil,rded,evaluate,report",
+        help="which stages to run, comma-separated (finished ones are skipped anyway)",
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     work = args.work
@@ -91,26 +102,29 @@ def main() -> None:
         save(args, rows)  # after every stage: a kill loses at most the stage under way
 
     teacher = work / "teacher"
-    if not (teacher / "epoch_0001.json").is_file():
+    stages = set(args.stages.split(","))
+    pools = {"infoutil": args.candidates_per_class,
+             "rded": args.rded_candidates_per_class or args.candidates_per_class}  # fmt: skip
+    if "import" in stages and not (teacher / "epoch_0001.json").is_file():
         timed_row("teacher import (and its test pass)", [
             "teacher", "import", str(weights), "--arch", "resnet18", "--classes",
             "imagenet-1k", "--dataset", data, "--out", str(teacher), *common],
             work / "import.log")  # fmt: skip
     for method in ("infoutil", "rded"):
         out = work / f"{method}-ipc10"
-        if not (out / "COMPLETE.json").is_file():
+        if method in stages and not (out / "COMPLETE.json").is_file():
             timed_row(f"distill {method} IPC 10", [
                 "distill", "--method", method, "--dataset", data, "--teacher", str(teacher),
-                "--ipc", "10", "--candidates-per-class", str(args.candidates_per_class),
+                "--ipc", "10", "--candidates-per-class", str(pools[method]),
                 "--out", str(out), "--resume", "-q", *common], work / f"{method}.log")  # fmt: skip
     out = work / "eval"
-    if not (out / "COMPLETE.json").is_file():
+    if "evaluate" in stages and not (out / "COMPLETE.json").is_file():
         timed_row(f"evaluate infoutil IPC 10, {args.epochs} epochs", [
             "evaluate", str(work / "infoutil-ipc10"), "--student", "resnet18", "--epochs",
             str(args.epochs), "--out", str(out), "--resume", "-q", "--threads", "1",
             "--cache-dir", str(work / "cache")], work / "evaluate.log")  # fmt: skip
     report = work / "report"
-    if not (report / "report.html").is_file():
+    if "report" in stages and not (report / "report.html").is_file():
         timed_row("report", ["report", str(work), "--out", str(report)],
                   work / "report.log")  # fmt: skip
 

@@ -44,6 +44,9 @@ def main() -> None:
         rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
         rows.append({"copy": i, "exit": code, "peak_rss_mib": round(int(rss.group(1)) / 1024, 1)
                      if rss else None})  # fmt: skip
+    failed = [r["copy"] for r in rows if r["exit"] != 0]
+    if failed:  # a failed copy measures nothing: no record
+        raise SystemExit(f"copies {failed} failed; see {args.work / f'e{failed[0]}.log'}")
     record = {"set": args.set, "copies": args.copies, "epochs": args.epochs,
               "student": args.student, "wall_seconds": round(time.perf_counter() - t0, 1),
               "rows": rows, "date": time.strftime("%Y-%m-%d")}  # fmt: skip

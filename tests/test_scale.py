@@ -79,3 +79,24 @@ def test_a_distil_decodes_only_its_candidate_pool(imagenet_layout, tmp_path, mon
 def _sources(out):
     manifest = load_distilled(out).manifest
     return [{"source_id": p["source_id"]} for img in manifest["images"] for p in img["patches"]]
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_soft_labels_stream_the_set_in_batches(factor):
+    """A set's soft labels, read a few images at a time (the whole set in float does not fit
+    at 224 px), are each patch's logits in the set's order, as one forward of all gives."""
+    from infoutil.data.base import DatasetInfo
+    from infoutil.io.checkpoint import Teacher
+    from infoutil.methods.common import soft_labels
+
+    info = DatasetInfo("t", ("a", "b", "c"), 32, 3, (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    model = create_model("convnet3", info).eval()
+    teacher = Teacher(model, info, {}, None)
+    images = torch.randint(0, 256, (11, 3, 32, 32), dtype=torch.uint8)
+    whole = soft_labels(teacher, images, factor, batch_size=10_000)
+    assert whole.shape == (11, factor * factor, 3)
+    for batch in (1, 4, 7):  # one patch a forward, whole images, a ragged last batch
+        torch.testing.assert_close(soft_labels(teacher, images, factor, batch), whole)
+    # the logits follow the images: reversing the set reverses them
+    torch.testing.assert_close(soft_labels(teacher, images.flip(0), factor, 4), whole.flip(0))

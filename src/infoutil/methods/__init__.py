@@ -25,7 +25,13 @@ from infoutil.io.distilled import DISTILLED_FORMAT, write_distilled_files
 from infoutil.io.lock import output_lock
 from infoutil.io.outputs import COMPLETE, finish_output, prepare_output
 from infoutil.methods import baselines, infoutil, rded
-from infoutil.methods.common import MethodContext, Selection, assemble, soft_labels
+from infoutil.methods.common import (
+    MethodContext,
+    Selection,
+    assemble,
+    forward_batch,
+    soft_labels,
+)
 from infoutil.runtime import RunContext, StageTimer, peak_rss_mib, warn
 from infoutil.selection.diagnostics import selection_diagnostics, summary_line
 from infoutil.selection.diagnostics import warning as diagnostics_warning
@@ -161,7 +167,9 @@ def _write(
     with timer.stage("assemble"):
         images, labels, entries = assemble(train, selection, cfg.ipc)
     with timer.stage("soft labels"):
-        logits = soft_labels(labeller, images, selection.factor)
+        # 256 patches a forward up to 32 px, as it was; as many pixels above
+        batch = min(256, forward_batch(cfg, info))
+        logits = soft_labels(labeller, images, selection.factor, batch)
     timer.count("soft labels", logits.shape[0] * logits.shape[1])
     diagnostics = selection_diagnostics(
         selection.selected_scored, selection.pool_scored, info.class_names, info.image_size

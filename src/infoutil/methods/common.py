@@ -75,10 +75,7 @@ class MethodContext:
 
     @property
     def forward_batch(self) -> int:
-        """Images per teacher forward: the config's, else 512 of 32 px or as many pixels."""
-        if self.cfg.forward_batch_size is not None:
-            return self.cfg.forward_batch_size
-        return max(16, min(512, 512 * 32 * 32 // self.train.info.image_size**2))
+        return forward_batch(self.cfg, self.train.info)
 
     @property
     def patches_per_image(self) -> int:
@@ -96,6 +93,13 @@ class MethodContext:
         if self.train.validation is not None:
             parts["validation"] = self.train.validation["sha256"]
         return ScoreStore(self.store_root, stage, parts)
+
+
+def forward_batch(cfg, info) -> int:
+    """Images per teacher forward: the config's, else 512 of 32 px or as many pixels."""
+    if cfg.forward_batch_size is not None:
+        return cfg.forward_batch_size
+    return max(16, min(512, 512 * 32 * 32 // info.image_size**2))
 
 
 def full_box(info) -> tuple[int, int, int, int]:
@@ -321,15 +325,23 @@ def soft_labels(
     label_teacher: Teacher, images: torch.Tensor, factor: int, batch_size: int = 256
 ) -> torch.Tensor:
     """Per-patch logits ``[N, factor^2, C]``: each cell of each image, resized to the input
-    size, through the label teacher (the student sees the same pixels)."""
+    size, through the label teacher (the student sees the same pixels).
+
+    The set is read ``batch_size // factor^2`` images at a time, so that only one batch of
+    patches is ever in float (at 224 px a whole set of 2,090 images is 1.3 GB in float).
+    Each forward holds the same patches as one ``batch_size`` slice of all of them in a row.
+    """
     size = images.shape[-1]
     cells = cell_slices(size, factor)
-    images = images.to(next(label_teacher.model.parameters()).device)
-    crops = torch.stack(
-        [resize_to(to_float(images[:, :, ys, xs]), (size, size)) for ys, xs in cells], 1
-    )  # [N, k, C, H, W]
-    flat = crops.flatten(0, 1)
-    out = torch.cat(
-        [label_teacher.model(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)]
-    )
-    return out.view(len(images), len(cells), -1).float().cpu()
+    device = next(label_teacher.model.parameters()).device
+    step = max(1, batch_size // len(cells))
+    out = []
+    for i in range(0, len(images), step):
+        chunk = images[i : i + step].to(device)
+        crops = torch.stack(
+            [resize_to(to_float(chunk[:, :, ys, xs]), (size, size)) for ys, xs in cells], 1
+        )  # [n, k, C, H, W]
+        out.append(label_teacher.model(crops.flatten(0, 1)).float().cpu())
+    if not out:
+        return torch.empty(0, len(cells), label_teacher.info.num_classes)
+    return torch.cat(out).view(len(images), len(cells), -1)
