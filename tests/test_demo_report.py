@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from infoutil.demo import packaged_teacher, packaged_teacher_provenance
@@ -123,3 +124,31 @@ def test_compare_and_report_from_the_command_line(demo_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "r" / "report.html").read_text()
     assert "Distilled set: rded" in page and "What the teacher thinks" in page
+
+
+class _Set:
+    """What the set figure reads of a distilled set."""
+
+    def __init__(self, classes: int, per_class: int = 2):
+        from infoutil.data.base import DatasetInfo
+
+        self.info = DatasetInfo("x", tuple(f"c{i}" for i in range(classes)), 8, 3, (0.5,) * 3,
+                                (0.25,) * 3)  # fmt: skip
+        self.labels = torch.arange(classes).repeat_interleave(per_class)
+        self.images = torch.zeros(len(self.labels), 3, 8, 8, dtype=torch.uint8)
+        self.method, self.ipc, self.factor = "random", per_class, 1
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def test_a_many_class_sets_figure_shows_its_first_classes(tmp_path):
+    """At 1,000 classes a row per class would take gigabytes to draw: the figure stops at
+    FIGURE_CLASSES rows."""
+    from infoutil.report.html import FIGURE_CLASSES, distilled_grid_figure
+
+    heights = []
+    for classes in (FIGURE_CLASSES, 3 * FIGURE_CLASSES):
+        distilled_grid_figure(_Set(classes), tmp_path / f"{classes}.png")
+        heights.append(Image.open(tmp_path / f"{classes}.png").size[1])
+    assert heights[0] == heights[1]

@@ -59,10 +59,22 @@ def _find(run_dir: Path, name: str) -> list[Path]:
     return sorted(p.parent for p in run_dir.rglob(name) if "report" not in p.parts)
 
 
+# per-class figures show at most this many classes (the first, in class order): a figure of
+# 1,000 rows of 224 px images takes gigabytes to draw, and nobody can read it
+FIGURE_CLASSES = 20
+
+
+def _first_classes(names: list[str]) -> tuple[list[str], str]:
+    """(the classes a per-class figure shows, a note for its title where some are left out)."""
+    if len(names) <= FIGURE_CLASSES:
+        return names, ""
+    return names[:FIGURE_CLASSES], f" (the first {FIGURE_CLASSES} of {len(names)} classes)"
+
+
 def distilled_grid_figure(ds, path: Path) -> None:
-    """Rows: classes; columns: that class's distilled images (up to 10)."""
+    """Rows: classes (up to ``FIGURE_CLASSES``); columns: that class's images (up to 10)."""
     plt = _plt()
-    names = [display_name(c) for c in ds.info.class_names]
+    names, note = _first_classes([display_name(c) for c in ds.info.class_names])
     per_class = [torch.nonzero(ds.labels == c).flatten()[:10] for c in range(len(names))]
     cols = max(len(p) for p in per_class)
     rows = [image_grid(ds.images[p], cols) for p in per_class]
@@ -75,7 +87,8 @@ def distilled_grid_figure(ds, path: Path) -> None:
         ax.set_yticks([])
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     axes[0].set_title(
-        f"{ds.method}: {len(ds)} images, {ds.ipc} per class, factor {ds.factor}", fontsize=10
+        f"{ds.method}: {len(ds)} images, {ds.ipc} per class, factor {ds.factor}{note}",
+        fontsize=10,
     )
     fig.subplots_adjust(hspace=0.08)
     save_figure(fig, path)
@@ -154,7 +167,8 @@ def grad_norm_figure(scores: dict, info, path: Path) -> None:
     norms = scores["grad_norm"]
     cls = scores["candidate_labels"][:, None].expand_as(norms)
     sel = scores["selected"]
-    n = info.num_classes
+    shown, note = _first_classes(list(info.class_names))
+    n = len(shown)
     cols = min(5, n)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), squeeze=False)
@@ -170,7 +184,8 @@ def grad_norm_figure(scores: dict, info, path: Path) -> None:
     for c in range(n, rows * cols):
         axes[c // cols][c % cols].axis("off")
     fig.suptitle(
-        "crop gradient norms per class (red: selection threshold, keep the right)", fontsize=9
+        f"crop gradient norms per class (red: selection threshold, keep the right){note}",
+        fontsize=9,
     )
     fig.tight_layout()
     save_figure(fig, path)
@@ -180,7 +195,7 @@ def diagnostics_figure(diag: dict, path: Path) -> None:
     """Per class: teacher top-1 on the selected patches against the pool; and which classes
     the teacher predicts for the selected patches."""
     plt = _plt()
-    names = diag["class_names"]
+    names, note = _first_classes(diag["class_names"])
     sel, pool = diag["selected"]["per_class"], diag["pool"]["per_class"]
     x = torch.arange(len(names)).numpy()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.2))
@@ -195,11 +210,11 @@ def diagnostics_figure(diag: dict, path: Path) -> None:
     )
     a.set_ylabel("teacher top-1 (%)")
     a.set_ylim(0, 100)
-    a.set_title("the teacher on each class's patches", fontsize=9)
+    a.set_title(f"the teacher on each class's patches{note}", fontsize=9)
     a.legend(fontsize=7)
-    predicted = diag["selected"]["overall"]["predicted"]
+    predicted = diag["selected"]["overall"]["predicted"][: len(names)]
     b.bar(x, predicted, color="#c44")
-    b.set_title("classes the teacher predicts for the selected patches", fontsize=9)
+    b.set_title(f"classes the teacher predicts for the selected patches{note}", fontsize=9)
     for ax in (a, b):
         ax.set_xticks(x)
         ax.set_xticklabels([display_name(n) for n in names], rotation=45, ha="right", fontsize=7)
