@@ -6,17 +6,30 @@
 #   DATA=/work/data RUNS=/work/runs bash benchmarks/teachers_64_128.sh tiny-early
 #   DATA=/work/data RUNS=/work/runs bash benchmarks/teachers_64_128.sh nette     # converged
 #   DATA=/work/data RUNS=/work/runs bash benchmarks/teachers_64_128.sh nette-early
+#   RUNS=/work/runs bash benchmarks/teachers_64_128.sh save   # into benchmarks/teachers/
 #
+# `save` copies each teacher's last epoch, its optimizer state and its log into
+# benchmarks/teachers/ (enough to use it, and to resume it); a phase whose run folder is
+# missing (a fresh machine) starts from that copy.
 # One thread each, compiled, bf16 autocast (checked against fp32 first:
 # benchmarks/precision_check.py). The validation split is held out of every teacher: 50 a
 # class on Tiny-ImageNet, 100 a class on ImageNette; each epoch is measured on a probe of it.
 set -euo pipefail
-: "${DATA:?set DATA to the data root}" "${RUNS:?set RUNS to the runs folder}"
+: "${RUNS:?set RUNS to the runs folder}"
+[[ ${1:-} == save ]] || : "${DATA:?set DATA to the data root}"
+DATA=${DATA:+$(realpath "$DATA")} RUNS=$(realpath "$RUNS")
+cd "$(dirname "$0")/.."
 INFOUTIL=${INFOUTIL:-.venv/bin/infoutil}
 common=(--threads 1 --compile --precision bf16 --data-root "$DATA")
 resume_if() { [ -f "$1/config.json" ] && echo --resume || true; }
+names=(tiny-convnet4 tiny-convnet4-early imagenette-convnet5 imagenette-convnet5-early)
+for name in "${names[@]}"; do  # a fresh machine: the committed copies, to resume from
+  if [[ ! -d $RUNS/teachers/$name && -d benchmarks/teachers/$name ]]; then
+    mkdir -p "$RUNS/teachers"; cp -r "benchmarks/teachers/$name" "$RUNS/teachers/$name"
+  fi
+done
 
-case "${1:?phase: tiny, tiny-early, nette or nette-early}" in
+case "${1:?phase: tiny, tiny-early, nette, nette-early or save}" in
 tiny)
   out=$RUNS/teachers/tiny-convnet4
   "$INFOUTIL" teacher train --dataset tiny-imagenet --arch convnet4 --epochs "${EPOCHS:-30}" \
@@ -35,5 +48,15 @@ nette-early)
   out=$RUNS/teachers/imagenette-convnet5-early
   "$INFOUTIL" teacher train --dataset imagenette --arch convnet5 --epochs 10 --lr 0.01 \
     --val-per-class 100 --out "$out" $(resume_if "$out") "${common[@]}" ;;
+save)  # the last epoch of each, enough to resume and to use
+  for name in "${names[@]}"; do
+    run=$RUNS/teachers/$name dest=benchmarks/teachers/$name
+    [[ -d $run ]] || continue
+    last=$(ls "$run"/epoch_*.json | sort | tail -1); stem=${last%.json}; n=${stem##*_}
+    rm -rf "$dest"; mkdir -p "$dest"
+    cp "$run/config.json" "$run/train_log.jsonl" "$stem.json" "$stem.safetensors" "$dest/"
+    [[ -f $run/optimizer_$n.safetensors ]] && cp "$run/optimizer_$n.safetensors" "$dest/"
+    echo "$dest: epoch $((10#$n))"
+  done ;;
 *) echo "unknown phase $1" >&2; exit 2 ;;
 esac
