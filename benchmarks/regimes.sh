@@ -36,8 +36,9 @@ steps=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["steps"])
   "$results/default-ipc10-test-hard/results.json")
 [[ -d $work/distilled/full ]] || "$INFOUTIL" distill --method full --dataset "$1" \
   --teacher "$teacher" --ipc 1 --val-per-class "$val" --out "$work/distilled/full" -q
-"$INFOUTIL" evaluate "$work/distilled/full" --protocol hard --steps "$steps" --seeds 3 \
-  --student "$student" --out "$work/eval/full-test-hard" --resume -q
+[[ -f $work/eval/full-test-hard/COMPLETE.json ]] ||
+  "$INFOUTIL" evaluate "$work/distilled/full" --protocol hard --steps "$steps" --seeds 3 \
+    --student "$student" --out "$work/eval/full-test-hard" --resume -q
 mkdir -p "$results/full-test-hard"
 cp "$work/eval/full-test-hard/results.json" "$results/full-test-hard/results.json"
 "$INFOUTIL" compare "$results" --out "$results/table"
