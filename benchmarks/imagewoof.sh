@@ -49,11 +49,8 @@ print(" ".join(f"{k}={json.dumps(v)}" for k, v in engine.items()))' "$ENGINE_CON
 STUDY=(--dataset imagewoof --val-per-class 100 --candidates-per-class 100 --epochs 100
        --student convnet5 --compile --workers "${WORKERS:-2}" --data-root "$INFOUTIL_DATA")
 
-# a teacher's run folder: where it trains (RUNS), seeded from the committed copy if RUNS lost it
-seeded() {
-  local run=$1 committed=benchmarks/teachers/$(basename "$1")
-  if [[ ! -d $run && -d $committed ]]; then mkdir -p "$(dirname "$run")"; cp -r "$committed" "$run"; fi
-}
+# seeded (a run folder from its committed copy) and saved (the other way)
+source benchmarks/teacher_copies.sh
 
 # every phase reads the teachers from RUNS: on a fresh machine, the committed copies
 seeded "$CONVERGED"; seeded "$EARLY"
@@ -67,14 +64,7 @@ case ${1:-} in
       >> "$RUNS/logs/teacher-early.log" 2>&1 &
     wait ;;
   save-teachers)  # the last epoch of each, enough to resume and to use
-    for run in "$CONVERGED" "$EARLY"; do
-      dest=benchmarks/teachers/$(basename "$run")
-      last=$(ls "$run"/epoch_*.json | sort | tail -1); stem=${last%.json}; n=${stem##*_}
-      rm -rf "$dest"; mkdir -p "$dest"
-      cp "$run/config.json" "$run/train_log.jsonl" "$stem.json" "$stem.safetensors" "$dest/"
-      [[ -f $run/optimizer_$n.safetensors ]] && cp "$run/optimizer_$n.safetensors" "$dest/"
-      echo "$dest: epoch $((10#$n))"
-    done ;;
+    saved "$CONVERGED"; saved "$EARLY" ;;
   engine-check)  # the study's map engine against the reference maps, 5 candidates a class
     teacher=${ENGINE_TEACHER:-$EARLY}; work=$RUNS/engine-check; mkdir -p "$work"
     for engine in fp32 bf16-compiled bf16-compiled-z1.5; do

@@ -22,12 +22,9 @@ cd "$(dirname "$0")/.."
 INFOUTIL=${INFOUTIL:-.venv/bin/infoutil}
 common=(--threads 1 --compile --precision bf16 --data-root "$DATA")
 resume_if() { [ -f "$1/config.json" ] && echo --resume || true; }
+source benchmarks/teacher_copies.sh
 names=(tiny-convnet4 tiny-convnet4-early imagenette-convnet5 imagenette-convnet5-early)
-for name in "${names[@]}"; do  # a fresh machine: the committed copies, to resume from
-  if [[ ! -d $RUNS/teachers/$name && -d benchmarks/teachers/$name ]]; then
-    mkdir -p "$RUNS/teachers"; cp -r "benchmarks/teachers/$name" "$RUNS/teachers/$name"
-  fi
-done
+for name in "${names[@]}"; do seeded "$RUNS/teachers/$name"; done  # a fresh machine
 
 case "${1:?phase: tiny, tiny-early, nette, nette-early or save}" in
 tiny)
@@ -50,13 +47,7 @@ nette-early)
     --val-per-class 100 --out "$out" $(resume_if "$out") "${common[@]}" ;;
 save)  # the last epoch of each, enough to resume and to use
   for name in "${names[@]}"; do
-    run=$RUNS/teachers/$name dest=benchmarks/teachers/$name
-    [[ -d $run ]] || continue
-    last=$(ls "$run"/epoch_*.json | sort | tail -1); stem=${last%.json}; n=${stem##*_}
-    rm -rf "$dest"; mkdir -p "$dest"
-    cp "$run/config.json" "$run/train_log.jsonl" "$stem.json" "$stem.safetensors" "$dest/"
-    [[ -f $run/optimizer_$n.safetensors ]] && cp "$run/optimizer_$n.safetensors" "$dest/"
-    echo "$dest: epoch $((10#$n))"
+    if [[ -d $RUNS/teachers/$name ]]; then saved "$RUNS/teachers/$name"; fi
   done ;;
 *) echo "unknown phase $1" >&2; exit 2 ;;
 esac
