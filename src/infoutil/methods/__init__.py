@@ -29,7 +29,7 @@ from infoutil.methods.common import (
     MethodContext,
     Selection,
     assemble,
-    forward_batch,
+    crop_batch,
     soft_labels,
 )
 from infoutil.runtime import RunContext, StageTimer, peak_rss_mib, warn
@@ -167,9 +167,7 @@ def _write(
     with timer.stage("assemble"):
         images, labels, entries = assemble(train, selection, cfg.ipc)
     with timer.stage("soft labels"):
-        # 256 patches a forward up to 32 px, as it was; as many pixels above
-        batch = min(256, forward_batch(cfg, info))
-        logits = soft_labels(labeller, images, selection.factor, batch)
+        logits = soft_labels(labeller, images, selection.factor, crop_batch(cfg, info))
     timer.count("soft labels", logits.shape[0] * logits.shape[1])
     diagnostics = selection_diagnostics(
         selection.selected_scored, selection.pool_scored, info.class_names, info.image_size

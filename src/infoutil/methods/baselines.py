@@ -53,7 +53,7 @@ def select_random(mc: MethodContext) -> Selection:
     chosen = torch.tensor([p.source for row in patches for p in row])
     boxes = torch.tensor([p.box for row in patches for p in row])
     size = (info.image_size, info.image_size)
-    batch = min(256, mc.forward_batch)  # 256 up to 32 px, as it was; fewer for larger images
+    batch = mc.crop_batch
     with torch.inference_mode():
         logits = torch.cat(
             [

@@ -78,6 +78,10 @@ class MethodContext:
         return forward_batch(self.cfg, self.train.info)
 
     @property
+    def crop_batch(self) -> int:
+        return crop_batch(self.cfg, self.train.info)
+
+    @property
     def patches_per_image(self) -> int:
         return self.factor**2
 
@@ -100,6 +104,12 @@ def forward_batch(cfg, info) -> int:
     if cfg.forward_batch_size is not None:
         return cfg.forward_batch_size
     return max(16, min(512, 512 * 32 * 32 // info.image_size**2))
+
+
+def crop_batch(cfg, info) -> int:
+    """Crops a forward for their logits or features (crop scores, the cluster rule's features,
+    soft labels): 256 up to 32 px, as these forwards always were; fewer where images are larger."""
+    return min(256, forward_batch(cfg, info))
 
 
 def full_box(info) -> tuple[int, int, int, int]:

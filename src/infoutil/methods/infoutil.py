@@ -174,9 +174,9 @@ class CropScorer:
     def _embedded(self, pool: ScoredPatches, rows: torch.Tensor):
         # the cluster rule's features cost a forward per crop: timed and counted as a stage
         self.mc.timer.count(RULE_STAGE, len(rows))
-        # 256 a forward up to 32 px (as it always was), fewer where images are larger
-        batch = min(256, self.mc.forward_batch)
-        return last_layer_pieces(self.utility_model.model, self.crops, pool, rows, batch)
+        return last_layer_pieces(
+            self.utility_model.model, self.crops, pool, rows, self.mc.crop_batch
+        )
 
 
 def store_keys(mc: MethodContext, plan: CropPlan, scorer: CropScorer) -> dict[str, dict]:
