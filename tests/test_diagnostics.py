@@ -11,8 +11,10 @@ from infoutil.data import ValidationSplit, load_dataset
 from infoutil.data.augment import to_float
 from infoutil.io.checkpoint import load_teacher
 from infoutil.methods import distill
+from infoutil.methods.common import candidate_pool
 from infoutil.selection.crops import crop_and_resize
 from infoutil.selection.diagnostics import selection_diagnostics, warning
+from infoutil.selection.probe import probe_sample, quarter_boxes, quarter_probe
 from infoutil.selection.scored import ScoredPatches
 from tests.helpers import fmnist_distill, quiet, run_cli, small_config
 
@@ -57,10 +59,61 @@ def test_diagnostics_equal_a_recomputation_from_the_saved_patches(
     if method == "infoutil":
         noise_free = sum(p["noise_free"] for p in patches) / len(patches)
         assert sel["noise_free_share"] == pytest.approx(noise_free, abs=1e-4)
+        _check_quarter_probe(diag["quarter_probe"], train, model)
+    else:
+        assert "quarter_probe" not in diag
     pool = diag["pool"]["overall"]
     assert pool["patches"] >= sel["patches"]
     if method in ("random", "herding"):
         assert pool["patches"] == 60 and sel["mean_area"] == 1.0  # the pool, whole images
+
+
+def _check_quarter_probe(probe: dict, train, model) -> None:
+    """The recorded probe is the teacher on one quarter of each of the 6 candidates a class
+    (the whole pool, under 500), recomputed here crop by crop."""
+    cfg = small_config()
+    candidates = candidate_pool(train, cfg.candidates_per_class, cfg.seed)
+    assert probe["images"] == len(candidates) == 60
+    labels = train.targets[candidates]
+    x = to_float(train.get_batch(candidates))
+    boxes = quarter_boxes(candidates, 28, cfg.seed)
+    assert (boxes[:, 2:] == 14).all() and len(set(map(tuple, boxes.tolist()))) > 10
+    with torch.inference_mode():
+        whole = model(x).argmax(1) == labels
+        quarter = model(crop_and_resize(x, boxes, (28, 28), "resize")).argmax(1) == labels
+    assert probe["whole_top1"] == round(float(whole.double().mean()), 4)
+    assert probe["quarter_top1"] == round(float(quarter.double().mean()), 4)
+    assert probe["quarter_top1"] < probe["whole_top1"]
+
+
+class _Brightness(torch.nn.Module):
+    """Class 1 where the mean pixel exceeds 0.1, else class 0."""
+
+    def forward(self, x):
+        bright = (x.mean((1, 2, 3)) > 0.1).float()
+        return torch.stack([1 - bright, bright], 1)
+
+
+def test_the_quarter_probe_counts_what_a_quarter_shows():
+    """Class 1 is a white top-left quadrant on black (a quarter of the area): whole images are
+    always read right, and a quarter window only where it overlaps the white enough."""
+    size, n = 16, 40
+    labels = torch.arange(n) % 2
+    images = torch.zeros((n, 1, size, size))
+    images[labels == 1, :, :8, :8] = 1.0
+    probe = quarter_probe(_Brightness(), lambda idx: images[idx], torch.arange(n), labels,
+                          num_classes=2, seed=3, batch_size=7)  # fmt: skip
+    boxes = quarter_boxes(torch.arange(n), size, 3)
+    overlap = (8 - boxes[:, 0]) * (8 - boxes[:, 1]) / 64  # the white share of each window
+    expected = torch.where(labels == 1, overlap > 0.1, torch.ones(n, dtype=torch.bool))
+    assert probe["images"] == n and probe["whole_top1"] == 1.0
+    assert probe["quarter_top1"] == round(float(expected.double().mean()), 4) < 1.0
+    assert quarter_boxes(torch.arange(n), size, 3).equal(boxes)
+    assert not quarter_boxes(torch.arange(n), size, 4).equal(boxes)
+    assert probe_sample(labels, 2, 7).tolist() == [0, 1, 2, 3, 4, 5, 6, 7]  # 4 a class
+    few = quarter_probe(_Brightness(), lambda idx: images[idx], torch.arange(n), labels,
+                        num_classes=2, seed=3, total=8)  # fmt: skip
+    assert few["images"] == 8
 
 
 def _fake(top1: float, n: int = 10) -> dict:

@@ -170,8 +170,9 @@ def _write(
         logits = soft_labels(labeller, images, selection.factor, crop_batch(cfg, info))
     timer.count("soft labels", logits.shape[0] * logits.shape[1])
     diagnostics = selection_diagnostics(
-        selection.selected_scored, selection.pool_scored, info.class_names, info.image_size
-    )
+        selection.selected_scored, selection.pool_scored, info.class_names, info.image_size,
+        quarter_probe=selection.quarter_probe,
+    )  # fmt: skip
     manifest.update(
         factor=selection.factor,
         stitch=selection.stitch,

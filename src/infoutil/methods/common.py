@@ -50,6 +50,7 @@ class Selection:
     selected_scored: ScoredPatches | None = None
     pool_scored: ScoredPatches | None = None
     layout: str = "patches"  # or "whole images": real images kept whole at any factor
+    quarter_probe: dict | None = None  # the teacher on random quarters (selection.probe)
 
 
 @dataclass

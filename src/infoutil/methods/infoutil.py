@@ -40,6 +40,7 @@ from infoutil.selection.crops import (
     unique_crops,
     window_kernel,
 )
+from infoutil.selection.probe import quarter_probe
 from infoutil.selection.scored import ScoredPatches
 from infoutil.selection.utility import (
     ClassCrops,
@@ -58,6 +59,7 @@ def select(mc: MethodContext) -> Selection:
     plan = crop_plan(mc)
     candidates = candidate_pool(mc.train, cfg.candidates_per_class, cfg.seed)
     _check_candidates(mc, plan, candidates)  # refused before any scoring
+    probe = read_quarters(mc, candidates)
     scorer = CropScorer.of(mc)
     keys = store_keys(mc, plan, scorer)
     candidates = shortlist(mc, plan, scorer, candidates, keys)
@@ -65,7 +67,7 @@ def select(mc: MethodContext) -> Selection:
     crops = utility(mc, plan, scorer, candidates, maps, keys)
     pool, norms, flat = _distinct_crops(mc, plan, candidates, crops)
     ranked = [keep_for_class(mc, plan, scorer, pool, norms, c) for c in range(info.num_classes)]
-    return _selection(mc, plan, candidates, maps, crops, pool, flat, ranked)
+    return _selection(mc, plan, candidates, maps, crops, pool, flat, ranked, probe)
 
 
 def computes_maps(cfg, image_size: int) -> bool:
@@ -106,6 +108,20 @@ def crop_plan(mc: MethodContext) -> CropPlan:
     else:
         source, k = ("whole" if kernel == inf.grid else "map"), inf.num_crops
     return CropPlan(source, kernel, k, mc.patches_per_image * mc.cfg.ipc)
+
+
+def read_quarters(mc: MethodContext, candidates: torch.Tensor) -> dict:
+    """How well the teacher reads a native quarter of a candidate, against the whole image
+    (``selection.probe``): two forwards on each of about 500 candidates, before any map."""
+    with mc.timer.stage("quarter probe"):
+        probe = quarter_probe(
+            mc.teacher.model, mc.images, candidates, mc.train.targets[candidates],
+            num_classes=mc.train.info.num_classes, seed=mc.cfg.seed,
+            crop_input=mc.cfg.utility.crop_input, fill=mc.teacher.model.mean.reshape(-1),
+            batch_size=mc.crop_batch,
+        )  # fmt: skip
+    mc.timer.count("quarter probe", 2 * probe["images"])
+    return probe
 
 
 def _check_candidates(mc: MethodContext, plan: CropPlan, candidates: torch.Tensor) -> None:
@@ -306,7 +322,7 @@ def keep_for_class(mc, plan, scorer, pool, norms, c: int) -> torch.Tensor:
     return picked
 
 
-def _selection(mc, plan, candidates, maps, crops, pool, flat, ranked) -> Selection:
+def _selection(mc, plan, candidates, maps, crops, pool, flat, ranked, probe) -> Selection:
     """The kept patches with their provenance, and the scores a report reads."""
     inf, labels, info = mc.cfg.informativeness, mc.train.targets, mc.train.info
     norms = crops["grad_norm"]
@@ -353,6 +369,7 @@ def _selection(mc, plan, candidates, maps, crops, pool, flat, ranked) -> Selecti
         stitch=mc.cfg.stitch or "consecutive",
         selected_scored=pool.take(torch.cat(ranked)),
         pool_scored=pool,
+        quarter_probe=probe,
     )
 
 

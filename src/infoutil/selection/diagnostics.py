@@ -50,14 +50,20 @@ def summarize(p: ScoredPatches, class_names: tuple[str, ...], image_size: int) -
 
 
 def selection_diagnostics(
-    selected: ScoredPatches, pool: ScoredPatches, class_names: tuple[str, ...], image_size: int
+    selected: ScoredPatches,
+    pool: ScoredPatches,
+    class_names: tuple[str, ...],
+    image_size: int,
+    quarter_probe: dict | None = None,
 ) -> dict:
-    """The record stored in the manifest and ``run_stats.json``."""
+    """The record stored in the manifest and ``run_stats.json`` (with the quarter probe,
+    ``selection.probe``, where the method ran it)."""
     return {
         "judge": "the scoring teacher, on each patch as it was scored",
         "class_names": list(class_names),
         "selected": summarize(selected, class_names, image_size),
         "pool": summarize(pool, class_names, image_size),
+        **({"quarter_probe": quarter_probe} if quarter_probe is not None else {}),
     }
 
 
@@ -81,6 +87,12 @@ def summary_line(d: dict) -> str:
     )
     if "noise_free_share" in s:
         line += f", noise-free {100 * s['noise_free_share']:.0f}%"
+    q = d.get("quarter_probe")
+    if q and q["images"]:
+        line += (
+            f"; it reads {100 * q['quarter_top1']:.1f}% of random quarters of {q['images']} "
+            f"candidates (whole: {100 * q['whole_top1']:.1f}%)"
+        )
     return line
 
 
