@@ -7,7 +7,8 @@
 #
 # The sets are the studies' (the validation split held out: 500 a class on CIFAR-10, 100 on
 # ImageWoof), so the hard regime chooses its learning rate on that split for each set, from
-# 0.001, 0.005 and 0.01 (seed 0 of each; the test set is never used to choose). The full
+# 0.001, 0.005 and 0.01 and up to two values past an edge that wins (seed 0 of each; the test
+# set is never used to choose). The full
 # training set under hard labels, on the sets' budget of optimizer steps, is the reference for
 # DD-Ranking's HLR. Every run is resumable; `compare` puts the regimes side by side.
 set -euo pipefail

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -188,13 +189,47 @@ def test_hard_labels_choose_the_lr_on_validation_and_record_it(
     res = evaluate(set_with_validation, tmp_path / "h", protocol=proto, seeds=[0, 1],
                    run=quiet(data_root), split="val")  # fmt: skip
     choice = res["lr_choice"]
-    assert choice["grid"] == [0.001, 0.01] and len(choice["val_accuracy"]) == 2
-    best = max(range(2), key=lambda i: choice["val_accuracy"][i])
-    assert res["lr"] == choice["chosen"] == [0.001, 0.01][best]
+    grid, scores = choice["grid"], choice["val_accuracy"]
+    # the given grid, and where its best was an edge, values past it (up to 2, ten times apart)
+    assert {0.001, 0.01} <= set(grid) and grid == sorted(grid) and len(scores) == len(grid)
+    assert set(grid) == {0.001, 0.01, *choice["extended"]} and len(choice["extended"]) <= 2
+    assert all(lr in (1e-4, 1e-5, 0.1, 1.0) for lr in choice["extended"])
+    best = max(range(len(grid)), key=lambda i: scores[i])
+    assert res["lr"] == choice["chosen"] == grid[best]
+    assert choice["at_edge"] == (best in (0, len(grid) - 1))
+    if choice["at_edge"]:
+        assert len(choice["extended"]) == 2  # a best at the edge: every extension was spent
     assert res["labels_from"] == "hard" and res["protocol"] == "hard"
     # measured on the same split, seed 0 is the search's own student at the chosen lr
     assert res["accuracy"][0] == choice["val_accuracy"][best]
     assert (tmp_path / "h" / "lr-search" / f"lr_{res['lr']:g}" / "seed_0.json").is_file()
+
+
+def test_an_lr_that_wins_at_the_grid_edge_extends_the_grid_past_it():
+    from infoutil.evaluation.run import search_lr
+
+    calls = []
+
+    def peak_at(best):
+        def score(lr):
+            calls.append(lr)
+            return -abs(math.log(lr / best))
+
+        return score
+
+    grid, scores, extended = search_lr((0.001, 0.005, 0.01), peak_at(0.0003), 2)
+    assert extended == [0.0002, 4e-05] and grid == [4e-05, 0.0002, 0.001, 0.005, 0.01]
+    assert grid[max(range(5), key=lambda i: scores[i])] == 0.0002  # nearest the peak
+    calls.clear()
+    grid, _, extended = search_lr((0.001, 0.005, 0.01), peak_at(0.004), 2)
+    assert extended == [] and grid == [0.001, 0.005, 0.01] and len(calls) == 3  # inside
+    _, _, extended = search_lr((0.001, 0.005, 0.01), peak_at(0.03), 2)
+    assert extended == [0.02, 0.04]  # past the high edge, by its own step (2x)
+    _, _, extended = search_lr((0.001, 0.005, 0.01), peak_at(1e-9), 0)
+    assert extended == []
+    # ties go to the lowest lr, so a flat score extends downwards once per step
+    _, _, extended = search_lr((0.001, 0.01), lambda lr: 0.5, 1)
+    assert extended == [0.0001]
 
 
 def test_hard_labels_without_a_validation_split_are_refused(small_set, data_root, tmp_path):

@@ -307,6 +307,11 @@ class ProtocolConfig(Strict):
     # (DD-Ranking tunes hard-label runs over {0.001, 0.005, 0.01, 0.05, 0.1} with its own
     # optimiser; these are the values AdamW trains at)
     lr_grid: tuple[float, ...] = (0.001, 0.005, 0.01)
+    # ours: where the grid's best is its lowest or highest value, up to this many more values
+    # past that edge, each one edge step further (0.0002 below 0.001, 0.005), while the
+    # newest keeps winning; a best at the edge of the grid is not yet a choice (every CIFAR-10
+    # set chose 0.001, the lowest, on the grid alone)
+    lr_grid_extend: int = Field(2, ge=0)
     eval_points: int = Field(5, ge=1)  # points on the curve (the last, on the full test set,
     # is the one reported; the others use a class-balanced probe of ``probe_images``)
     probe_images: int = Field(2000, ge=1)

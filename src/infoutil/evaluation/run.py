@@ -84,7 +84,7 @@ def training_key(distilled_dir: Path, student: str, teacher: str, protocol: Prot
     fields = {
         k: v
         for k, v in protocol.model_dump().items()
-        if k not in (*MEASURE_ONLY, "lr_grid")
+        if k not in (*MEASURE_ONLY, "lr_grid", "lr_grid_extend")
         and not (k in KEYED_WHEN_SET and v == KEYED_WHEN_SET[k])
     }
     record = {
@@ -214,25 +214,55 @@ def _choose_lr(distilled, distilled_dir, relabeller, student, teacher_spec, prot
         )
     val = load_dataset(distilled.info.name, "val", run.data_root, cache_dir=run.cache_dir,
                        validation=validation, image_size=distilled.info.image_size)  # fmt: skip
-    scores = []
-    for lr in protocol.lr_grid:
+
+    def score(lr: float) -> float:
         trial = protocol.model_copy(update={"lr": lr})
         folder = stage / "lr-search" / f"lr_{lr:g}"
         folder.mkdir(parents=True, exist_ok=True)
         key = training_key(distilled_dir, student, teacher_spec, trial)
         job = _StudentJob(distilled, val, relabeller, student, trial, key, folder, run, ctx)
-        scores.append(job.seed(0, None).accuracy)
-    best = max(range(len(scores)), key=lambda i: scores[i])  # ties: the first in the grid
-    lr = protocol.lr_grid[best]
+        return job.seed(0, None).accuracy
+
+    grid, scores, extended = search_lr(protocol.lr_grid, score, protocol.lr_grid_extend)
+    best = max(range(len(scores)), key=lambda i: scores[i])  # ties: the lowest lr
+    lr = grid[best]
     record = {
         "chosen": lr,
-        "grid": list(protocol.lr_grid),
+        "grid": grid,
         "val_accuracy": scores,
+        "extended": extended,
+        "at_edge": best in (0, len(grid) - 1) and len(grid) > 1,
         "how": "one student (seed 0) per lr, measured on the validation split the set was "
-        "distilled without; the best is kept, ties to the first",
+        "distilled without; the best is kept, ties to the lowest lr; where the best was the "
+        f"grid's lowest or highest value, up to {protocol.lr_grid_extend} more values past "
+        "that edge, one edge step each",
         "validation": val.validation,
     }
     return protocol.model_copy(update={"lr": lr}), record, stage / "lr-search" / f"lr_{lr:g}"
+
+
+def search_lr(grid, score, extend: int) -> tuple[list[float], list[float], list[float]]:
+    """``score`` each lr of ``grid``; while the best is the lowest or highest value tried,
+    up to ``extend`` more, each one edge step past it (the ratio of the edge to its neighbour).
+    Returns the values tried (ascending), their scores and the values added."""
+    tried = {lr: score(lr) for lr in sorted(grid)}
+    extended = []
+    for _ in range(extend):
+        lrs = sorted(tried)
+        if len(lrs) < 2:
+            break
+        best = max(lrs, key=lambda lr: (tried[lr], -lr))  # ties: the lowest lr
+        if best == lrs[0]:
+            new = lrs[0] * lrs[0] / lrs[1]
+        elif best == lrs[-1]:
+            new = lrs[-1] * lrs[-1] / lrs[-2]
+        else:
+            break
+        new = float(f"{new:.6g}")  # 0.0002, not 0.00019999999999999998
+        tried[new] = score(new)
+        extended.append(new)
+    lrs = sorted(tried)
+    return lrs, [tried[lr] for lr in lrs], extended
 
 
 def _check_memory(distilled, test, relabeller, student, protocol, run) -> None:
