@@ -13,6 +13,7 @@ from infoutil.errors import UserError
 from infoutil.evaluation.run import evaluate
 from infoutil.io.distilled import load_distilled
 from infoutil.methods import distill
+from infoutil.runtime import RunContext
 from infoutil.training.teacher import train_teacher
 from tests.helpers import assert_one_line_error, fmnist_distill, quiet, run_cli
 
@@ -99,6 +100,37 @@ def test_overwrite_does_not_replace_an_output_of_another_kind(
     after = {str(p.relative_to(ev)): p.read_bytes() for p in ev.rglob("*") if p.is_file()}
     assert after == {**before, "notes.txt": b"mine"}
     assert (finished_set / "COMPLETE.json").is_file()
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resume_of_a_finished_output_is_a_no_op_and_other_options_are_refused(
+    finished_set, fmnist_teacher, data_root, tmp_path, capsys
+):
+    """A script that runs every step with --resume goes on past the finished ones: the same
+    options find the output finished and leave it as it is; other options are refused."""
+    before = _tree(finished_set)
+    loud = RunContext(data_root=str(data_root))
+    assert distill(RANDOM, fmnist_teacher, finished_set, run=loud, resume=True) == finished_set
+    assert "already finished with these options" in capsys.readouterr().out
+    assert _tree(finished_set) == before
+    other = RANDOM.model_copy(update={"seed": 1})
+    with pytest.raises(UserError, match="a finished output made with other options"):
+        distill(other, fmnist_teacher, finished_set, run=quiet(data_root), resume=True)
+    ev = tmp_path / "eval"
+    first = evaluate(finished_set, ev, protocol=QUICK, run=quiet(data_root))
+    evaluated = _tree(ev)
+    again = evaluate(finished_set, ev, protocol=QUICK, run=quiet(data_root), resume=True)
+    assert again == json.loads(json.dumps(first)) and _tree(ev) == evaluated
+    with pytest.raises(UserError, match="made with other options"):
+        evaluate(finished_set, ev, protocol=QUICK, seeds=[1], run=quiet(data_root), resume=True)
+    assert _tree(ev) == evaluated
+    proc = run_cli(*fmnist_distill(fmnist_teacher, "--method", "random", "--ipc", "1", "--out",
+                                   str(finished_set), "--resume"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "already finished with these options" in proc.stdout and _tree(finished_set) == before
 
 
 def test_an_empty_folder_is_a_fine_out(fmnist_teacher, data_root, tmp_path):

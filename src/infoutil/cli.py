@@ -82,7 +82,12 @@ Overwrite = typer.Option(
     help="Replace a finished output of the same command at --out; a folder holding anything "
     "else, or this run's inputs, is refused.",
 )
-Resume = typer.Option(False, "--resume", help="Continue an interrupted run (OUT.partial).")
+Resume = typer.Option(
+    False,
+    "--resume",
+    help="Continue an interrupted run (OUT.partial); a finished OUT of the same options is "
+    "left as it is.",
+)
 
 
 def _config(cls, config: Path | None, flags: dict, base: dict | None = None):

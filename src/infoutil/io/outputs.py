@@ -27,6 +27,15 @@ DERIVED_FILES = ("curve.png",)
 KINDS = {"distill": "distilled set", "evaluate": "evaluation"}
 
 
+class AlreadyFinished(Exception):
+    """``--resume`` found ``out`` finished by the same command with the same options: there is
+    nothing left to do (callers report it and return what is there)."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        super().__init__(f"{out}: already finished with these options; nothing to resume")
+
+
 def staging_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
@@ -91,17 +100,22 @@ def prepare_output(
     """Check what is at ``out`` and return the staging directory to write into.
 
     ``OUT.partial`` left by an interrupted run of the same command is continued with
-    ``resume`` (when its ``config.json`` matches) and discarded with ``overwrite``;
-    anything else there stops the run before it starts.
+    ``resume`` (when its ``config.json`` matches) and discarded with ``overwrite``; with
+    ``resume``, a finished ``out`` of the same command and options raises
+    :class:`AlreadyFinished`; anything else there stops the run before it starts.
     """
     command = config["command"]
     stage = staging_dir(out)
     refuse_inputs_inside(out, inputs)
+    if resume and not overwrite and _finished_with(out, config):
+        raise AlreadyFinished(out)
     if out.exists():
         why = not_replaceable(out, command)
         empty = why is None and out.is_dir() and not any(out.iterdir())
         if not overwrite and not empty:
             what = "a finished output" if (out / COMPLETE).is_file() else "something"
+            if resume and (out / COMPLETE).is_file():
+                what += " made with other options"
             raise UserError(
                 f"{out}: already holds {what}; pass --overwrite to replace a finished output, "
                 "or choose another --out"
@@ -138,6 +152,17 @@ def prepare_output(
         ) from err
     atomic_write_json(stage / "config.json", config)
     return stage
+
+
+def _finished_with(out: Path, config: dict) -> bool:
+    """Whether ``out`` is a finished output of ``config``'s command, run with ``config``."""
+    if not (out / COMPLETE).is_file() or not_replaceable(out, config["command"]) is not None:
+        return False
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return saved == json.loads(json.dumps(config))  # as JSON: tuples read back as lists
 
 
 def finish_output(stage: Path, out: Path, *, format: str = DISTILLED_FORMAT) -> None:

@@ -23,7 +23,7 @@ from infoutil.errors import UserError
 from infoutil.io.checkpoint import Teacher, check_teacher_fits, load_teacher
 from infoutil.io.distilled import DISTILLED_FORMAT, write_distilled_files
 from infoutil.io.lock import output_lock
-from infoutil.io.outputs import COMPLETE, finish_output, prepare_output
+from infoutil.io.outputs import COMPLETE, AlreadyFinished, finish_output, prepare_output
 from infoutil.methods import baselines, infoutil, rded
 from infoutil.methods.common import (
     MethodContext,
@@ -44,6 +44,7 @@ METHODS: dict[str, Callable[[MethodContext], Selection]] = {
     "kcenter": baselines.select_kcenter,
 }
 ALL_METHODS = (*METHODS, "full")
+FINISHED = "finished"  # rank 0's word to every rank: --resume found the output finished
 
 
 def distill(
@@ -91,9 +92,15 @@ def distill(
                     stage = prepare_output(
                         out, resume=resume, overwrite=overwrite, config=config, inputs=inputs
                     )
+                except AlreadyFinished as done:
+                    problem = FINISHED
+                    if run.progress:
+                        print(done, flush=True)
                 except UserError as err:
                     problem = str(err)
             problem = ctx.broadcast_object(problem)  # every rank stops on rank 0's refusal
+            if problem == FINISHED:
+                return out
             if problem is not None:
                 raise UserError(problem)
             mc = MethodContext(cfg, train, judge, store_root, timer, ctx, run.progress, compute)
