@@ -53,9 +53,14 @@ def test_diagnostics_equal_a_recomputation_from_the_saved_patches(
     assert sel["distinct_sources"] == len(set(src.tolist()))
     area = (boxes[:, 2] * boxes[:, 3]).double() / 28**2
     assert sel["mean_area"] == pytest.approx(float(area.mean()), abs=1e-4)
-    for c, name in enumerate(diag["class_names"]):
+    names = diag["class_names"]
+    for c, name in enumerate(names):
         mine = labels == c
-        assert diag["selected"]["per_class"][name]["patches"] == int(mine.sum())
+        per_class = diag["selected"]["per_class"][name]
+        assert per_class["patches"] == int(mine.sum())
+        # per class, only the classes predicted at all, by name (not classes squared)
+        counts = torch.bincount(direct.pred[mine], minlength=10)
+        assert per_class["predicted"] == {names[k]: int(counts[k]) for k in range(10) if counts[k]}
     if method == "infoutil":
         noise_free = sum(p["noise_free"] for p in patches) / len(patches)
         assert sel["noise_free_share"] == pytest.approx(noise_free, abs=1e-4)
