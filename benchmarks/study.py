@@ -223,12 +223,15 @@ def run_one(job: dict) -> dict:
     )
     regime = job.get("protocol", "rded")
     update = {"epochs": job["epochs"], "compile": job["compile"]}
+    if job.get("precision", "fp32") != "fp32":
+        update["precision"] = job["precision"]
     if regime == "hard" and job.get("hard_lr") is not None:
         update["lr"] = job["hard_lr"]
     protocol = PROTOCOLS[regime].model_copy(update=update)
     split = job["split"]
     epochs = f"-e{job['epochs']}" if job["epochs"] != 100 else ""
     epochs += "" if regime == "rded" else f"-{regime}"
+    epochs += "" if job.get("precision", "fp32") == "fp32" else f"-{job['precision']}"
     # the test row measures the students that the validation row trained, where they match
     on_val = work / "eval" / f"{tag}-val{epochs}"
     cell = Cell(
@@ -340,6 +343,8 @@ def main() -> None:
         "computed, not what they estimate (precision=bf16 compile=true early_stop_z=1.5)",
     )
     ap.add_argument("--compile", action="store_true", help="students through torch.compile")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="the students' autocast (bf16 runs are named -bf16)")  # fmt: skip
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--work")
     ap.add_argument("--results", required=True)
@@ -388,6 +393,7 @@ def main() -> None:
         )
     }
     base["compile"] = args.compile
+    base["precision"] = args.precision
     base["hard_lr"] = args.hard_lr
     base["map_engine"] = {
         k: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in args.map_engine)
