@@ -91,6 +91,18 @@ def _check_quarter_probe(probe: dict, train, model) -> None:
     assert probe["quarter_top1"] < probe["whole_top1"]
 
 
+def test_the_utility_stage_counts_one_forward_a_distinct_crop(fmnist_teacher, data_root, tmp_path):
+    """The default's window is the whole image, so a candidate's five crops are one: one
+    forward each (the summary's teacher forwards once counted five)."""
+    cfg = small_config(recipe="default", val_per_class=VAL.per_class, val_seed=VAL.seed)
+    run = quiet(data_root, cache_dir=str(tmp_path / "cache"))  # every score computed here
+    distill(cfg, fmnist_teacher, tmp_path / "set", run=run)
+    stages = json.loads((tmp_path / "set" / "run_stats.json").read_text())["stages"]
+    forwards = {s["stage"]: s["teacher_forwards"] for s in stages}
+    assert forwards["utility"] == 60  # 6 candidates a class, one distinct crop each
+    assert forwards["quarter probe"] == 2 * 60  # the whole pool is under 500: every candidate
+
+
 class _Brightness(torch.nn.Module):
     """Class 1 where the mean pixel exceeds 0.1, else class 0."""
 

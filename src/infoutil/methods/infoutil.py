@@ -287,9 +287,15 @@ def utility(mc, plan, scorer, candidates, maps, keys) -> dict[str, torch.Tensor]
 
     store = mc.store("utility", **keys["utility"], **pool_key(candidates, inf))
     return chunked_scores(
-        mc, store, candidates, chunk, desc="utility", forwards_per_item=plan.k,
+        mc, store, candidates, chunk, desc="utility", forwards_per_item=_distinct_scored,
         fields=("boxes", "grad_norm", "prob", "pred"),
     )  # fmt: skip
+
+
+def _distinct_scored(tensors: dict[str, torch.Tensor]) -> int:
+    """Crops scored in a chunk: one forward (and backward) each distinct crop, NaN elsewhere
+    (a whole-image window's five crops are one crop)."""
+    return int((~torch.isnan(tensors["grad_norm"])).sum())
 
 
 def _distinct_crops(mc, plan, candidates, crops):
