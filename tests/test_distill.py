@@ -54,7 +54,7 @@ def test_distilled_set_round_trips(distilled):
     train_img = ds.images[0]
     assert train_img.float().std() > 0
     stats = json.loads((distilled / "run_stats.json").read_text())
-    assert [st["stage"] for st in stats["stages"]][:2] == ["shapley", "utility"]
+    assert [st["stage"] for st in stats["stages"]][:3] == ["quarter probe", "shapley", "utility"]
     assert stats["peak_rss_mib"] > 100  # torch alone is larger than this
 
 
