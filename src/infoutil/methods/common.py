@@ -206,14 +206,14 @@ def chunked_scores(
     *,
     desc: str,
     chunk_size: int = 64,
-    forwards_per_item: int | str | Callable[[dict], int] = 0,
+    forwards_per_item: int | Callable[[dict], int] = 0,
     fields: tuple[str, ...] = (),
 ) -> dict[str, torch.Tensor]:
     """Score ``candidates`` in fixed chunks, each saved when done; ranks split the chunks.
 
     ``compute`` gets the slice of ``candidates`` it should score. ``forwards_per_item`` is the
-    teacher forwards each item costs, the name of the field that counts them per item, or a
-    function of a computed chunk's tensors that counts them.
+    teacher forwards each item costs, or a function of a computed chunk's tensors that counts
+    them.
 
     Chunk ``i`` always holds candidates ``[i * chunk_size, (i + 1) * chunk_size)``, and any
     randomness inside ``compute`` is seeded per candidate, so the result does not depend on the
@@ -238,12 +238,11 @@ def chunked_scores(
                 tensors = compute(sl)
                 store.save(i, chunk, tensors)
                 fault_point(f"{desc}-chunk")
-                if callable(forwards_per_item):
-                    computed += forwards_per_item(tensors)
-                elif isinstance(forwards_per_item, str):
-                    computed += int(tensors[forwards_per_item].sum())
-                else:
-                    computed += len(chunk) * forwards_per_item
+                computed += (
+                    forwards_per_item(tensors)
+                    if callable(forwards_per_item)
+                    else len(chunk) * forwards_per_item
+                )
             results[i] = tensors
             bar.update(len(chunk))
         bar.close()

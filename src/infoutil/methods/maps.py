@@ -92,7 +92,7 @@ def attribution_maps(mc: MethodContext, candidates: torch.Tensor, kernel: int) -
         def compute(idx):
             return {"gradcam": gradcam_maps(model, mc.images(idx), labels[idx], inf.grid)}
     else:
-        per = "forwards" if inf.stops_early else inf.evaluations
+        per = _counted_forwards if inf.stops_early else inf.evaluations
         game = dict(**_game(inf), batch_size=mc.forward_batch)
         masked = masked_teacher(mc, candidates)
 
@@ -232,3 +232,8 @@ def pool_key(candidates: torch.Tensor, inf) -> dict:
     if inf.shortlist is None:
         return {}
     return {"pool": index_sha256(candidates)[:16]}
+
+
+def _counted_forwards(tensors: dict[str, torch.Tensor]) -> int:
+    """An early-stopped chunk's forwards: each map records its own."""
+    return int(tensors["forwards"].sum())
