@@ -116,6 +116,15 @@ def test_ddp_evaluate_finishes_and_is_correct(fmnist_teacher, tmp_path, data_roo
     assert results["seeds"] == [0, 1] and results["batch_size"] == 10
     assert results["mean"] > 0.2  # 10 classes: chance is 0.1
     assert all(run["curve"][-1]["epoch"] == 20 for run in results["curves"])
+    # rank 0's refusal stops every rank (before, rank 1 waited at a barrier for ever), and
+    # --resume of the finished output is the same word on both ranks
+    again = ("evaluate", str(distilled), "--out", str(out), "--epochs", "20", "--seeds", "2")
+    again = (*again, "--config", str(quick), "-q")
+    refused = torchrun(*again, timeout=300)
+    assert refused.returncode != 0 and "already holds a finished output" in refused.stderr
+    resumed = torchrun(*again, "--resume", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text()) == results
 
 
 @pytest.mark.slow

@@ -54,8 +54,7 @@ from infoutil.evaluation.student import (
 )
 from infoutil.io.checkpoint import check_teacher_fits, load_teacher
 from infoutil.io.distilled import load_distilled
-from infoutil.io.lock import output_lock
-from infoutil.io.outputs import COMPLETE, AlreadyFinished, finish_output, prepare_output
+from infoutil.io.outputs import COMPLETE, finish_output, open_output
 from infoutil.models import activation_bytes, create_model, inference_batch
 from infoutil.runtime import RunContext, check_fits, fault_point
 
@@ -166,22 +165,11 @@ def evaluate(
     ctx = distributed.context()
     lr_choice = None
     with contextlib.ExitStack() as stack:
-        finished = False
-        if ctx.is_main:
-            stack.enter_context(output_lock(out))
-            inputs = (distilled_dir, teacher_spec, students_from, resolve_data_root(run.data_root))
-            inputs = (*inputs, resolve_cache_dir(run.cache_dir))
-            try:
-                stage = prepare_output(
-                    out, resume=resume, overwrite=overwrite, config=config, inputs=inputs
-                )
-            except AlreadyFinished as done:
-                finished = True
-                if run.progress:
-                    print(done, flush=True)
-        else:
-            stage = out.with_name(out.name + ".partial")
-        if ctx.broadcast_object(finished):  # --resume of a finished evaluation: its results
+        inputs = (distilled_dir, teacher_spec, students_from, resolve_data_root(run.data_root))
+        inputs = (*inputs, resolve_cache_dir(run.cache_dir))
+        stage = open_output(stack, ctx, out, resume=resume, overwrite=overwrite, config=config,
+                            inputs=inputs, progress=run.progress)  # fmt: skip
+        if stage is None:  # --resume of a finished evaluation: its results
             return json.loads((out / "results.json").read_text())
         ctx.barrier()
         if protocol.labels == "hard" and protocol.lr is None:

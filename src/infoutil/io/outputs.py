@@ -10,6 +10,7 @@ output is moved aside, not deleted, until the new one is in place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from infoutil.atomic import atomic_write_json, sha256_file
 from infoutil.errors import UserError
+from infoutil.io.lock import output_lock
 
 COMPLETE = "COMPLETE.json"
 DISTILLED_FORMAT = "infoutil-distilled/1"
@@ -152,6 +154,44 @@ def prepare_output(
         ) from err
     atomic_write_json(stage / "config.json", config)
     return stage
+
+
+def open_output(
+    stack: contextlib.ExitStack,
+    ctx,
+    out: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    config: dict,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    progress: bool = True,
+) -> Path | None:
+    """Every rank's start of a run that writes ``out``: rank 0 of ``ctx`` (a
+    ``distributed.Context``) takes the lock (held until ``stack`` closes) and prepares the
+    stage; then every rank gets the staging directory, or None where ``--resume`` found ``out``
+    finished, or raises rank 0's refusal, so that no rank waits at a barrier for one that
+    stopped."""
+    verdict = None  # rank 0's word: None (go on), ("finished",) or ("refused", message)
+    stage = staging_dir(out)
+    if ctx.is_main:
+        try:
+            stack.enter_context(output_lock(out))
+            stage = prepare_output(
+                out, resume=resume, overwrite=overwrite, config=config, inputs=inputs
+            )
+        except AlreadyFinished as done:
+            verdict = ("finished",)
+            if progress:
+                print(done, flush=True)
+        except UserError as err:
+            verdict = ("refused", str(err))
+    verdict = ctx.broadcast_object(verdict)
+    if verdict is None:
+        return stage
+    if verdict[0] == "finished":
+        return None
+    raise UserError(verdict[1])
 
 
 def _finished_with(out: Path, config: dict) -> bool:

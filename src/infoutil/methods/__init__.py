@@ -22,8 +22,7 @@ from infoutil.data.sources import dataset_info, load_split_of
 from infoutil.errors import UserError
 from infoutil.io.checkpoint import Teacher, check_teacher_fits, load_teacher
 from infoutil.io.distilled import DISTILLED_FORMAT, write_distilled_files
-from infoutil.io.lock import output_lock
-from infoutil.io.outputs import COMPLETE, AlreadyFinished, finish_output, prepare_output
+from infoutil.io.outputs import COMPLETE, finish_output, open_output
 from infoutil.methods import baselines, infoutil, rded
 from infoutil.methods.common import (
     MethodContext,
@@ -44,7 +43,6 @@ METHODS: dict[str, Callable[[MethodContext], Selection]] = {
     "kcenter": baselines.select_kcenter,
 }
 ALL_METHODS = (*METHODS, "full")
-FINISHED = "finished"  # rank 0's word to every rank: --resume found the output finished
 
 
 def distill(
@@ -82,27 +80,12 @@ def distill(
     stage = None
     with contextlib.ExitStack() as stack:
         try:
-            problem = None
-            if ctx.is_main:
-                try:
-                    stack.enter_context(output_lock(out))
-                    config = _run_config(cfg, teacher, label_teacher)
-                    inputs = (teacher, label_teacher, resolve_data_root(run.data_root))
-                    inputs = (*inputs, store_root.parent)
-                    stage = prepare_output(
-                        out, resume=resume, overwrite=overwrite, config=config, inputs=inputs
-                    )
-                except AlreadyFinished as done:
-                    problem = FINISHED
-                    if run.progress:
-                        print(done, flush=True)
-                except UserError as err:
-                    problem = str(err)
-            problem = ctx.broadcast_object(problem)  # every rank stops on rank 0's refusal
-            if problem == FINISHED:
+            config = _run_config(cfg, teacher, label_teacher)
+            inputs = (teacher, label_teacher, resolve_data_root(run.data_root), store_root.parent)
+            stage = open_output(stack, ctx, out, resume=resume, overwrite=overwrite,
+                                config=config, inputs=inputs, progress=run.progress)  # fmt: skip
+            if stage is None:  # --resume of a finished set
                 return out
-            if problem is not None:
-                raise UserError(problem)
             mc = MethodContext(cfg, train, judge, store_root, timer, ctx, run.progress, compute)
             selection = None if cfg.method == "full" else METHODS[cfg.method](mc)
             if ctx.is_main:
@@ -110,7 +93,8 @@ def distill(
         except BaseException:
             # Scores are kept in the store; a half-written output is not left behind (a
             # finished one that could not be moved into place is kept, and the error says so)
-            if stage is not None and stage.exists() and not (stage / COMPLETE).is_file():
+            unfinished = stage is not None and not (stage / COMPLETE).is_file()
+            if ctx.is_main and unfinished and stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)
             raise
     ctx.barrier()
