@@ -13,7 +13,8 @@
 #   bash benchmarks/imagewoof.sh grid       # the final grid on the test set, 3 seeds
 #
 # A session narrows a phase by environment: STUDY_VARIANTS (the study's list), WORKERS (2),
-# GRID_IPC, GRID_VARIANTS and LABEL_IPC (none: no early-label rows), CONFIRM_IPC, LEADERS.
+# GRID_IPC, GRID_VARIANTS and LABEL_IPC (none: no early-label rows), CONFIRM_IPC, LEADERS,
+# PRECISION (the students' autocast: fp32, or bf16 once checked).
 #
 # RUNS (default /work/runs) holds the teachers while they train and the study's work folders;
 # benchmarks/teachers/ gets each teacher's last epoch, its log and its optimizer state (enough
@@ -56,7 +57,8 @@ read -ra ENGINE <<< "--map-engine $("$PY" -c 'import json, sys, yaml
 engine = yaml.safe_load(open(sys.argv[1]))["informativeness"]
 print(" ".join(f"{k}={json.dumps(v)}" for k, v in engine.items()))' "$ENGINE_CONFIG")"
 STUDY=(--dataset "$DATASET" --val-per-class 100 --candidates-per-class 100 --epochs 100
-       --student convnet5 --compile --workers "${WORKERS:-2}" --data-root "$INFOUTIL_DATA")
+       --student convnet5 --compile --workers "${WORKERS:-2}" --data-root "$INFOUTIL_DATA"
+       --precision "${PRECISION:-fp32}")  # students in bf16: runs named -bf16 (BENCHMARKS.md)
 
 # seeded (a run folder from its committed copy) and saved (the other way)
 source benchmarks/teacher_copies.sh
