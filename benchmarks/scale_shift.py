@@ -1,0 +1,73 @@
+"""Is a quarter-set student worse on whole images because its objects were at half scale?
+
+Each kept student of an evaluation is measured on the split its set was distilled without, as
+is (the evaluation's own number) and with every image shrunk to half its side and tiled 2x2
+(the layout of a factor-2 set: four half-scale pictures to an image). A student that learnt
+from quarters should read the tiled images better than the whole ones if scale is what it
+lacks; a whole-image student should do the opposite. Issue "A strong teacher at 128 px".
+
+    python benchmarks/scale_shift.py --data-root DATA --out benchmarks/results/scale_shift.json \\
+        RUNS/study-imagenette/eval/default-ipc10-val-bf16 \\
+        RUNS/study-imagenette/eval/default-f2-ipc10-val-bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from infoutil.data import load_dataset
+from infoutil.data.augment import to_float
+from infoutil.data.base import ValidationSplit
+from infoutil.io.distilled import load_distilled
+from infoutil.models import create_model
+
+
+def tiled(x: torch.Tensor) -> torch.Tensor:
+    """Each image at half its side, four times, 2x2."""
+    small = F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True, align_corners=False)
+    return small.repeat(1, 1, 2, 2)
+
+
+@torch.inference_mode()
+def accuracy(model, data, transform, batch=250) -> float:
+    correct = 0
+    for images, labels in data.iter_batches(torch.arange(len(data)), batch):
+        correct += int((model(transform(to_float(images))).argmax(1) == labels).sum())
+    return correct / len(data)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("evaluations", nargs="+", type=Path)
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for folder in args.evaluations:
+        config = json.loads((folder / "config.json").read_text())
+        distilled = load_distilled(config["distilled"])
+        validation = ValidationSplit.from_dict(distilled.manifest.get("validation"))
+        size = distilled.info.image_size
+        data = load_dataset(distilled.info.name, config["split"], args.data_root,
+                            validation=validation, image_size=size)  # fmt: skip
+        for seed in config["seeds"]:
+            model = create_model(config["student"], distilled.info)
+            model.load_state_dict(load_file(str(folder / f"seed_{seed}_student.safetensors")))
+            model.eval()
+            row = {"evaluation": folder.name, "seed": seed,
+                   "whole": accuracy(model, data, lambda x: x),
+                   "tiled_half_scale": accuracy(model, data, tiled)}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
