@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from infoutil.data import load_dataset
-from infoutil.data.augment import to_float
 from infoutil.data.base import ValidationSplit
+from infoutil.distributed import Context
 from infoutil.io.distilled import load_distilled
 from infoutil.models import create_model
 
@@ -34,14 +34,6 @@ def tiled(x: torch.Tensor) -> torch.Tensor:
     return small.repeat(1, 1, 2, 2)
 
 
-@torch.inference_mode()
-def accuracy(model, data, transform, batch=250) -> float:
-    correct = 0
-    for images, labels in data.iter_batches(torch.arange(len(data)), batch):
-        correct += int((model(transform(to_float(images))).argmax(1) == labels).sum())
-    return correct / len(data)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("evaluations", nargs="+", type=Path)
@@ -49,6 +41,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    ctx = Context()  # one process: the whole split
     rows = []
     for folder in args.evaluations:
         config = json.loads((folder / "config.json").read_text())
@@ -61,9 +54,15 @@ def main() -> None:
             model = create_model(config["student"], distilled.info)
             model.load_state_dict(load_file(str(folder / f"seed_{seed}_student.safetensors")))
             model.eval()
-            row = {"evaluation": folder.name, "seed": seed,
-                   "whole": accuracy(model, data, lambda x: x),
-                   "tiled_half_scale": accuracy(model, data, tiled)}  # fmt: skip
+            with torch.inference_mode():
+                whole = ctx.sharded_accuracy(model, data, 250)
+                half = ctx.sharded_accuracy(model, data, 250, transform=tiled)
+            row = {
+                "evaluation": folder.name,
+                "seed": seed,
+                "whole": whole,
+                "tiled_half_scale": half,
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")

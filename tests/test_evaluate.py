@@ -6,9 +6,11 @@ import json
 import statistics
 
 import pytest
+import torch
 
 from infoutil.config import PROTOCOLS, DistillConfig
-from infoutil.data import DatasetInfo
+from infoutil.data import DatasetInfo, TensorImageDataset
+from infoutil.distributed import Context
 from infoutil.evaluation.compare import compare
 from infoutil.evaluation.run import evaluate
 from infoutil.io.checkpoint import save_teacher_epoch
@@ -187,3 +189,24 @@ def test_regimes_side_by_side_with_ior_hlr_and_lrs():
     assert (
         "| infoutil | - | d | 10 | s | val | 100 epochs | 30.00 +- 1.00 | 50.00 +- 1.00 |" in table
     )
+
+
+def test_accuracy_reads_the_transformed_images():
+    """sharded_accuracy's transform reaches the model (benchmarks/scale_shift.py relies on it):
+    a model that reads mean brightness is right on the images and wrong on their negatives."""
+    info = DatasetInfo("toy", ("dark", "bright"), 4, 1, (0.0,), (1.0,))
+    images = torch.cat([torch.full((3, 1, 4, 4), 10), torch.full((3, 1, 4, 4), 240)]).byte()
+    data = TensorImageDataset(info, "test", images, torch.tensor([0, 0, 0, 1, 1, 1]))
+
+    class Brightness(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            m = x.mean((1, 2, 3)) - 0.5
+            return torch.stack([-m, m], 1) + self.w
+
+    ctx = Context()
+    assert ctx.sharded_accuracy(Brightness(), data, 4) == 1.0
+    assert ctx.sharded_accuracy(Brightness(), data, 4, transform=lambda x: 1 - x) == 0.0

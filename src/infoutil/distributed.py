@@ -91,16 +91,18 @@ class Context:
 
     @torch.inference_mode()
     def sharded_accuracy(
-        self, model: torch.nn.Module, dataset: ImageDataset, batch_size: int = 500
+        self, model: torch.nn.Module, dataset: ImageDataset, batch_size: int = 500, transform=None
     ) -> float:
-        """Top-1 accuracy over the whole dataset, each rank scoring its share."""
+        """Top-1 accuracy over the whole dataset, each rank scoring its share; ``transform``
+        (float images in, float images out) changes the images first."""
         was_training = model.training
         model.eval()
         idx = self.shard_indices(len(dataset))
         correct = torch.zeros((), dtype=torch.float64)
         device = next(model.parameters()).device
         for images, labels in dataset.iter_batches(idx, batch_size):
-            pred = model(to_float(images).to(device)).argmax(1).cpu()
+            x = to_float(images).to(device)
+            pred = model(x if transform is None else transform(x)).argmax(1).cpu()
             correct += (pred == labels).sum()
         model.train(was_training)
         return float(self.all_sum(correct)) / max(len(dataset), 1)

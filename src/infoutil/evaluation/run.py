@@ -171,7 +171,6 @@ def evaluate(
                             inputs=inputs, progress=run.progress)  # fmt: skip
         if stage is None:  # --resume of a finished evaluation: its results
             return json.loads((out / "results.json").read_text())
-        ctx.barrier()
         if protocol.labels == "hard" and protocol.lr is None:
             args = (distilled, Path(distilled_dir), relabeller, student, teacher_spec)
             protocol, lr_choice, chosen = _choose_lr(*args, protocol, stage, run, ctx)
