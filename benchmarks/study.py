@@ -421,13 +421,15 @@ def grid_markdown(rows: list[dict]) -> str:
     column per IPC."""
     cells: dict[str, dict[int, str]] = {}
     for r in rows:
-        m = re.fullmatch(r"(.+)-ipc(\d+)(-labels-\w+)?-test(-e\d+)?(-hard|-static)?", r["run"])
+        pattern = r"(.+)-ipc(\d+)(-labels-\w+)?-test(-e\d+)?(-hard|-static)?(-bf16)?"
+        m = re.fullmatch(pattern, r["run"])
         if not m:
             continue
-        name, ipc, labels, epochs, regime = m.groups()
+        name, ipc, labels, epochs, regime, bf16 = m.groups()
         line = name + (f", labels {labels.removeprefix('-labels-')}" if labels else "")
         line += f", {epochs.removeprefix('-e')} epochs" if epochs else ""
         line += f", {regime.removeprefix('-')} labels" if regime else ""
+        line += ", bf16 students" if bf16 else ""
         cells.setdefault(line, {})[int(ipc)] = (
             f"{100 * r['mean']:.2f} +- {100 * r['std']:.2f} ({r['seeds']})"
         )
