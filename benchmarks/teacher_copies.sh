@@ -11,7 +11,9 @@ seeded() {
 # the last epoch of a run, its optimizer state, config and log, into benchmarks/teachers/
 saved() {
   local run=$1 dest=benchmarks/teachers/$(basename "$1") last stem n
-  last=$(ls "$run"/epoch_*.json | sort | tail -1); stem=${last%.json}; n=${stem##*_}
+  last=$(find "$run" -maxdepth 1 -name 'epoch_*.json' 2>/dev/null | sort | tail -1)
+  [[ -n $last ]] || { echo "$run: no finished epoch yet, not saved"; return 0; }
+  stem=${last%.json}; n=${stem##*_}
   rm -rf "$dest"; mkdir -p "$dest"
   cp "$run/config.json" "$run/train_log.jsonl" "$stem.json" "$stem.safetensors" "$dest/"
   [[ -f $run/optimizer_$n.safetensors ]] && cp "$run/optimizer_$n.safetensors" "$dest/"
