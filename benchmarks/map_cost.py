@@ -20,6 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
+from study import table  # benchmarks/, beside this script
+
 # the stages that choose patches (everything else is alike across rows or a diagnostic)
 CHOOSING = ("shapley", "gradcam", "utility", "selection rule", "rded scoring", "features")
 CACHED = 1.0  # a stage under a second over a whole pool was read from the score cache
@@ -40,25 +42,22 @@ def cost_per_candidate(stages: dict[str, float], maps: dict[str, float], candida
 
 
 def rows(results: Path, maps_stats: Path, candidates: int, suffix: str) -> list[dict]:
+    """The study's finished runs named ``*-suffix`` (``study.table``), best first."""
     maps = {s["stage"]: s["seconds"] for s in json.loads(maps_stats.read_text())["stages"]}
     out = []
-    for run in sorted(results.glob(f"*-{suffix}")):
-        if not (run / "results.json").is_file() or not (run / "run_stats.json").is_file():
+    for r in table(results):  # best first
+        if not r["run"].endswith(f"-{suffix}") or not r["stage_seconds"]:
             continue
-        r = json.loads((run / "results.json").read_text())
-        stats = json.loads((run / "run_stats.json").read_text())
-        stages = {s["stage"]: s["seconds"] for s in stats["stages"]}
-        cost = cost_per_candidate(stages, maps, candidates)
+        cost = cost_per_candidate(r["stage_seconds"], maps, candidates)
         out.append(
             {
-                "run": run.name.removesuffix(f"-{suffix}"),
+                "run": r["run"].removesuffix(f"-{suffix}"),
                 "mean": r["mean"],
                 "std": r["std"],
                 "seconds_per_candidate": sum(cost.values()),
                 "stages": cost,
             }
         )
-    out.sort(key=lambda x: -x["mean"])
     return out
 
 

@@ -1,10 +1,10 @@
-"""Is a quarter-set student worse on whole images because its objects were at half scale?
+"""Did a quarter-set student learn the mosaic layout rather than the objects?
 
 Each kept student of an evaluation is measured on the split its set was distilled without, as
 is (the evaluation's own number) and with every image shrunk to half its side and tiled 2x2
-(the layout of a factor-2 set: four half-scale pictures to an image). A student that learnt
-from quarters should read the tiled images better than the whole ones if scale is what it
-lacks; a whole-image student should do the opposite. Issue "A strong teacher at 128 px".
+(the layout of a factor-2 set: four pictures to an image, here whole ones at half scale). A
+student that learnt the layout should read the tiled images better than a whole-image student
+does; run both. Issue "A strong teacher at 128 px".
 
     python benchmarks/scale_shift.py --data-root DATA --out benchmarks/results/scale_shift.json \\
         RUNS/study-imagenette/eval/default-ipc10-val-bf16 \\
@@ -53,10 +53,8 @@ def main() -> None:
         for seed in config["seeds"]:
             model = create_model(config["student"], distilled.info)
             model.load_state_dict(load_file(str(folder / f"seed_{seed}_student.safetensors")))
-            model.eval()
-            with torch.inference_mode():
-                whole = ctx.sharded_accuracy(model, data, 250)
-                half = ctx.sharded_accuracy(model, data, 250, transform=tiled)
+            whole = ctx.sharded_accuracy(model, data, 250)  # eval mode, no grad
+            half = ctx.sharded_accuracy(model, data, 250, transform=tiled)
             row = {
                 "evaluation": folder.name,
                 "seed": seed,

@@ -18,16 +18,14 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-/work/runs}
 export INFOUTIL_DATA=${INFOUTIL_DATA:?set INFOUTIL_DATA to the data root}
 PY=${PY:-.venv/bin/python}
-INFOUTIL=${INFOUTIL:-.venv/bin/infoutil}
 TEACHER=$RUNS/teachers/tiny-convnet4
-EARLY=$RUNS/teachers/tiny-convnet4-early
 source benchmarks/teacher_copies.sh
-seeded "$TEACHER"; seeded "$EARLY"  # a fresh machine: the committed copies
+seeded "$TEACHER"  # a fresh machine: the committed copy (its last epoch only)
 finished() {  # finished RUN: refuse a teacher that has not reached its last epoch
   "$PY" -c 'import json, pathlib, sys
 run = pathlib.Path(sys.argv[1])
 want = json.loads((run / "config.json").read_text())["epochs"]
-have = len(list(run.glob("epoch_*.json")))
+have = max((int(f.stem.split("_")[1]) for f in run.glob("epoch_*.json")), default=0)
 sys.exit(0 if have >= want else f"{run}: epoch {have} of {want}; finish it first (teachers_64_128.sh)")' "$1"
 }
 EPOCHS=${EPOCHS:-50}
